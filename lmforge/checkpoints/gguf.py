@@ -1,0 +1,218 @@
+"""GGUF files (llama.cpp's format) into our `GPT` and `Tokenizer`.
+
+The `gguf` package reads the file and dequantises every tensor type llama.cpp writes (F32, F16,
+BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants ...). We map metadata to a `GPTConfig`, undo
+llama.cpp's q/k row permutation (it interleaves RoPE pairs; we rotate halves, as transformers
+does), and rebuild the tokenizer from the vocabulary and merges stored in the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.errors import CheckpointError
+from lmforge.models.gpt import GPTConfig
+
+SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+
+# Pre-tokenizer regexes by `tokenizer.ggml.pre`, as llama.cpp (llama-vocab.cpp) defines them.
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DIGITS_THEN_GPT2 = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")
+_SPLITS = {
+    "default": _GPT2_SPLIT,
+    "gpt2": _GPT2_SPLIT,
+    "gpt-2": _GPT2_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
+
+
+class GGUFFile:
+    """A parsed GGUF file: metadata as plain Python values, tensors on demand."""
+
+    def __init__(self, path: Path):
+        import gguf
+
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except Exception as exc:  # truncated, corrupted, or not GGUF at all
+            raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+        self.arch = self.get("general.architecture")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def arch_get(self, key: str, default: Any = None) -> Any:
+        return self.get(f"{self.arch}.{key}", default)
+
+    @property
+    def quantization(self) -> str:
+        from collections import Counter
+
+        counts = Counter(t.tensor_type.name for t in self.reader.tensors)
+        return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor dequantised to float32, shaped (out, in) like a PyTorch Linear weight."""
+        from gguf import quants
+
+        out = {}
+        for tensor in self.reader.tensors:
+            try:
+                array = quants.dequantize(tensor.data, tensor.tensor_type)
+            except NotImplementedError as exc:
+                raise CheckpointError(
+                    f"{self.path}: tensor {tensor.name} uses {tensor.tensor_type.name}, which cannot be dequantised"
+                ) from exc
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            array = np.asarray(array, dtype=np.float32)
+            if not array.flags.writeable:  # F32 tensors come straight from the memory map
+                array = array.copy()
+            out[tensor.name] = torch.from_numpy(array).reshape(shape)
+        return out
+
+
+def config_from_gguf(file: GGUFFile) -> GPTConfig:
+    if file.arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise CheckpointError(
+            f"{file.path}: GGUF architecture {file.arch!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
+        )
+    n_head = file.arch_get("attention.head_count")
+    d_model = file.arch_get("embedding_length")
+    has_output = any(t.name == "output.weight" for t in file.reader.tensors)
+    scaling = None
+    if file.arch_get("rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
+    tokens = file.reader.fields.get("tokenizer.ggml.tokens")
+    return GPTConfig(
+        vocab_size=file.arch_get("vocab_size") or len(tokens.data),
+        n_layer=file.arch_get("block_count"),
+        n_head=n_head,
+        n_kv_head=file.arch_get("attention.head_count_kv") or n_head,
+        d_model=d_model,
+        d_ff=file.arch_get("feed_forward_length"),
+        head_dim=file.arch_get("attention.key_length") or d_model // n_head,
+        max_seq_len=file.arch_get("context_length"),
+        norm="rmsnorm",
+        norm_eps=float(file.arch_get("attention.layer_norm_rms_epsilon", 1e-5)),
+        mlp="swiglu",
+        position="rope",
+        rope_theta=float(file.arch_get("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        tie_embeddings=not has_output,
+        extra={"family": "llama", "source_format": "gguf", "quantization": file.quantization},
+    )
+
+
+_LLAMA_GGUF_NAMES = {
+    "token_embd.weight": "embed.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "blocks.{i}.attn_norm.weight",
+    "blk.{i}.ffn_norm.weight": "blocks.{i}.mlp_norm.weight",
+    "blk.{i}.attn_q.weight": "blocks.{i}.attn.q.weight",
+    "blk.{i}.attn_k.weight": "blocks.{i}.attn.k.weight",
+    "blk.{i}.attn_v.weight": "blocks.{i}.attn.v.weight",
+    "blk.{i}.attn_output.weight": "blocks.{i}.attn.out.weight",
+    "blk.{i}.ffn_gate.weight": "blocks.{i}.mlp.gate.weight",
+    "blk.{i}.ffn_up.weight": "blocks.{i}.mlp.up.weight",
+    "blk.{i}.ffn_down.weight": "blocks.{i}.mlp.down.weight",
+}
+_LLAMA_RULES = [
+    (re.compile(re.escape(k).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), v) for k, v in _LLAMA_GGUF_NAMES.items()
+]
+
+
+def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k permutation: per head, rows (pairs interleaved) -> (first halves, second halves)."""
+    half = weight.shape[0] // n_heads // 2
+    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def weights_from_gguf(file: GGUFFile, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """GGUF tensors renamed to our module names, q/k un-permuted (q/k/v still separate)."""
+    renamed = {}
+    for name, tensor in file.tensors().items():
+        if name.startswith("rope_freqs"):
+            continue
+        for regex, target in _LLAMA_RULES:
+            match = regex.match(name)
+            if match:
+                renamed[target.format(**match.groupdict())] = tensor
+                break
+        else:
+            raise CheckpointError(f"{file.path}: unexpected tensor {name!r} for a {file.arch} model")
+    for i in range(config.n_layer):
+        renamed[f"blocks.{i}.attn.q.weight"] = unpermute_rope_rows(renamed[f"blocks.{i}.attn.q.weight"], config.n_head)
+        renamed[f"blocks.{i}.attn.k.weight"] = unpermute_rope_rows(
+            renamed[f"blocks.{i}.attn.k.weight"], config.n_kv_head
+        )
+    return renamed
+
+
+def tokenizer_from_gguf(file: GGUFFile):
+    """Rebuild the tokenizer stored in GGUF metadata as a `tokenizers` byte-level BPE."""
+    import tokenizers
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+
+    from lmforge.tokenizers import Tokenizer
+
+    kind = file.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"{file.path}: tokenizer type {kind!r} is not supported yet; supported: 'gpt2' (byte-level BPE)"
+        )
+    tokens = file.get("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges", [])]
+    token_types = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    backend = tokenizers.Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    pre = file.get("tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in _DIGITS_THEN_GPT2:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    else:
+        split = pre_tokenizers.Split(Regex(_SPLITS.get(pre, _GPT2_SPLIT)), behavior="isolated")
+        backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    backend.decoder = decoders.ByteLevel()
+    control, user_defined = 3, 4
+    backend.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, token_types) if k == control]
+    )
+    backend.add_tokens(
+        [tokenizers.AddedToken(t, normalized=False) for t, k in zip(tokens, token_types) if k == user_defined]
+    )
+    eos = file.get("tokenizer.ggml.eos_token_id")
+    eot = file.get("tokenizer.ggml.eot_token_id")
+    return Tokenizer(
+        backend,
+        bos_id=file.get("tokenizer.ggml.bos_token_id"),
+        eos_ids=[i for i in (eos, eot) if i is not None],
+        pad_id=file.get("tokenizer.ggml.padding_token_id"),
+        add_bos=bool(file.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=file.get("tokenizer.chat_template"),
+    )

@@ -1,0 +1,200 @@
+"""Hugging Face checkpoints: `config.json` and weight names mapped onto our `GPT`.
+
+One place holds the mapping for each supported family, so GGUF loading reuses it too: a GGUF
+file's metadata becomes an HF-style config and its tensors HF-style names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import CheckpointError
+from lmforge.models.gpt import GPTConfig
+
+SUPPORTED_ARCHITECTURES = ("gpt2", "llama")
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig:
+    """Translate a transformers `config.json` dict into a `GPTConfig`."""
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise CheckpointError(f"{source}: GPT-2 variants with scale_attn_by_inverse_layer_idx are not supported")
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            d_model=hf["n_embd"],
+            d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+            max_seq_len=hf["n_positions"],
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            mlp="gelu",
+            position="learned",
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            extra={"family": "gpt2"},
+        )
+    if model_type == "llama":
+        rope = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        n_head = hf["num_attention_heads"]
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            n_layer=hf["num_hidden_layers"],
+            n_head=n_head,
+            n_kv_head=hf.get("num_key_value_heads") or n_head,
+            d_model=hf["hidden_size"],
+            d_ff=hf["intermediate_size"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_head,
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            mlp="swiglu",
+            position="rope",
+            rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)),
+            rope_scaling=scaling,
+            qkv_bias=hf.get("attention_bias", False),
+            out_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            extra={"family": "llama"},
+        )
+    raise CheckpointError(
+        f"{source}: architecture {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+# HF name (after stripping the "transformer."/"model." prefix) -> our name.
+_GPT2_NAMES = {
+    "wte.weight": "embed.weight",
+    "wpe.weight": "pos_embed.weight",
+    "ln_f.weight": "norm.weight",
+    "ln_f.bias": "norm.bias",
+    "h.{i}.ln_1.{p}": "blocks.{i}.attn_norm.{p}",
+    "h.{i}.ln_2.{p}": "blocks.{i}.mlp_norm.{p}",
+    "h.{i}.attn.c_attn.{p}": "blocks.{i}.attn.qkv.{p}",
+    "h.{i}.attn.c_proj.{p}": "blocks.{i}.attn.out.{p}",
+    "h.{i}.mlp.c_fc.{p}": "blocks.{i}.mlp.up.{p}",
+    "h.{i}.mlp.c_proj.{p}": "blocks.{i}.mlp.down.{p}",
+}
+_LLAMA_NAMES = {
+    "embed_tokens.weight": "embed.weight",
+    "norm.weight": "norm.weight",
+    "layers.{i}.input_layernorm.weight": "blocks.{i}.attn_norm.weight",
+    "layers.{i}.post_attention_layernorm.weight": "blocks.{i}.mlp_norm.weight",
+    "layers.{i}.self_attn.q_proj.{p}": "blocks.{i}.attn.q.{p}",
+    "layers.{i}.self_attn.k_proj.{p}": "blocks.{i}.attn.k.{p}",
+    "layers.{i}.self_attn.v_proj.{p}": "blocks.{i}.attn.v.{p}",
+    "layers.{i}.self_attn.o_proj.{p}": "blocks.{i}.attn.out.{p}",
+    "layers.{i}.mlp.gate_proj.{p}": "blocks.{i}.mlp.gate.{p}",
+    "layers.{i}.mlp.up_proj.{p}": "blocks.{i}.mlp.up.{p}",
+    "layers.{i}.mlp.down_proj.{p}": "blocks.{i}.mlp.down.{p}",
+}
+_IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
+
+
+def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    rules = []
+    for pattern, target in table.items():
+        regex = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+        rules.append((re.compile(regex + "$"), target))
+    return rules
+
+
+_RULES = {"gpt2": _compile(_GPT2_NAMES), "llama": _compile(_LLAMA_NAMES)}
+
+
+def rename_hf_tensors(family: str, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """HF weight names -> our names (q/k/v still separate for Llama; see `fuse_qkv`)."""
+    renamed: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name in ("lm_head.weight", "output.weight"):
+            renamed["lm_head.weight"] = tensor
+            continue
+        short = re.sub(r"^(transformer|model)\.", "", name)
+        if _IGNORED.search(short):
+            continue
+        for regex, target in _RULES[family]:
+            match = regex.match(short)
+            if match:
+                renamed[target.format(**match.groupdict())] = tensor
+                break
+        else:
+            raise CheckpointError(f"{source}: unexpected tensor {name!r} for a {family} model")
+    if family == "gpt2":  # GPT-2 stores linear weights as Conv1D (in, out)
+        for name in list(renamed):
+            if re.search(r"\.(qkv|out|up|down)\.weight$", name):
+                renamed[name] = renamed[name].t()
+    return renamed
+
+
+def fuse_qkv(tensors: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """Concatenate separate q/k/v projections into the fused `qkv` layer our Attention uses."""
+    for i in range(n_layer):
+        for p in ("weight", "bias"):
+            parts = [tensors.pop(f"blocks.{i}.attn.{x}.{p}", None) for x in "qkv"]
+            if all(t is not None for t in parts):
+                tensors[f"blocks.{i}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
+    return tensors
+
+
+def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy tensors into the model, checking that names and shapes match exactly."""
+    if model.config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)
+    expected = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{source}: tensors do not match the architecture; missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(tensors, strict=not model.config.tie_embeddings)
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint directory: safetensors (single or sharded) or pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    bin_file = directory / "pytorch_model.bin"
+    try:
+        if single.exists():
+            return load_file(single)
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            tensors: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                shard_path = directory / shard
+                if not shard_path.exists():
+                    raise CheckpointError(f"{index}: lists shard {shard!r}, which is missing")
+                tensors.update(load_file(shard_path))
+            return tensors
+        if bin_file.exists():
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated or corrupted file: name it
+        raise CheckpointError(f"{directory}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+    raise CheckpointError(
+        f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory}: no config.json; is this a Hugging Face model directory?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc

@@ -1,0 +1,20 @@
+"""Errors lmforge raises for bad input: each names the argument or file and what was expected."""
+
+
+class LMForgeError(Exception):
+    """Base class: a problem with what the user asked for, reported without a deep traceback."""
+
+
+class ConfigError(LMForgeError, ValueError):
+    """An option or argument has a value outside what it accepts."""
+
+
+class CheckpointError(LMForgeError):
+    """A model file or directory is missing, truncated, corrupted or of an unsupported kind."""
+
+
+class UnknownModelError(LMForgeError, KeyError):
+    """A model name that is neither a known name nor an existing path."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -1,0 +1,308 @@
+"""One decoder-only transformer for the GPT-2 and Llama families.
+
+A `GPTConfig` chooses the pieces that differ between families: learned positions or RoPE,
+LayerNorm or RMSNorm, a GELU MLP or SwiGLU, biases, grouped-query attention, tied embeddings.
+Attention runs through `F.scaled_dot_product_attention` over a pre-allocated `KVCache`, so the
+same forward pass does prefill (many tokens) and decode (one token per step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    """Hyper-parameters of a decoder-only transformer (defaults: a small GPT-2)."""
+
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # < n_head means grouped-query attention; None means n_head
+    d_model: int = 768
+    d_ff: int | None = None  # None means 4 * d_model
+    head_dim: int | None = None  # None means d_model // n_head
+    max_seq_len: int = 1024
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (GPT-2: tanh approximation) | "swiglu" (Llama)
+    position: str = "learned"  # "learned" | "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear"|"llama3", ...}
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    tie_embeddings: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # family name, source info; not used by the model
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_head
+        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "position": ("learned", "rope")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"GPTConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, and which slots hold real (not padding) tokens.
+
+    Slots fill left to right; `length` is how many are filled. All rows advance together, so a
+    batch of prompts of different lengths is left-padded and the padding slots are marked invalid.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.length = 0
+        self.has_padding = False
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reserve(self, n_tokens: int, mask: torch.Tensor | None) -> int:
+        """Claim the next `n_tokens` slots (marking padding from `mask`); return the first slot."""
+        start = self.length
+        if start + n_tokens > self.max_len:
+            raise ConfigError(f"KV cache full: {start} + {n_tokens} tokens exceed max_len={self.max_len}")
+        if mask is not None:
+            self.valid[:, start : start + n_tokens] = mask
+            self.has_padding = self.has_padding or not bool(mask.all())
+        self.length = start + n_tokens
+        return start
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Write this step's keys/values for one layer; return all keys/values so far."""
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep/duplicate batch rows (beam search picks which beams continue)."""
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+        self.valid = self.valid[rows]
+
+
+def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
+    """RoPE frequencies, with the checkpoint's scaling ("linear" or Llama 3's "llama3")."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / scaling["factor"]
+    if rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(is_medium, smoothed, scaled)
+    raise ConfigError(f"rope_scaling type {rope_type!r} is not supported; supported: default, linear, llama3")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with one fused q/k/v projection."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
+        self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.out_bias)
+
+    def forward(self, x, rope, cache: KVCache | None, start: int, attn_mask):
+        batch, seq, _ = x.shape
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(self.layer, start, k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and seq > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
+
+
+class MLP(nn.Module):
+    """GPT-2's GELU MLP, or Llama's SwiGLU (down(silu(gate(x)) * up(x)))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias) if self.swiglu else None
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+
+    def forward(self, x):
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 and cast back, as Llama does."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * normed
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config, layer)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, cache, start, attn_mask):
+        x = x + self.attn(self.attn_norm(x), rope, cache, start, attn_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer speaking lmforge's model protocol."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        if config.position == "rope":
+            self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.max_seq_len
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A KV cache for `batch_size` rows of up to `max_len` tokens (default: the context length)."""
+        max_len = max_len or self.config.max_seq_len
+        if max_len > self.config.max_seq_len:
+            raise ConfigError(f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}")
+        weight = self.embed.weight
+        return KVCache(self.config, batch_size, max_len, weight.dtype, weight.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, KVCache | None]:
+        """Logits for `input_ids` (batch, seq), continuing from `cache` if given.
+
+        positions: (batch, seq) position ids; default: consecutive from the cache length.
+        mask: (batch, seq) bool, False marks padding tokens (left padding for batched prompts).
+        last_only: return logits for the last position only (what generation needs).
+        """
+        batch, seq = input_ids.shape
+        start = 0 if cache is None else cache.reserve(seq, mask)
+        if positions is None:
+            positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
+        if int(positions.max()) >= self.config.max_seq_len and self.pos_embed is not None:
+            raise ConfigError(f"position {int(positions.max())} is beyond the context length {self.config.max_seq_len}")
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
+        attn_mask = self._attention_mask(cache, start, seq, mask)
+        for block in self.blocks:
+            x = block(x, rope, cache, start, attn_mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x)), cache
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        freqs = positions[..., None].float() * self.inv_freq  # (batch, seq, head_dim / 2)
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # broadcast over heads
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def _attention_mask(cache: KVCache | None, start: int, seq: int, mask: torch.Tensor | None):
+        """Boolean (batch, 1, seq, keys) mask, or None when plain causal attention is exact."""
+        padded = (cache.has_padding if cache is not None else False) or (mask is not None and not bool(mask.all()))
+        if not padded and start == 0:
+            return None  # SDPA's is_causal
+        if not padded and seq == 1:
+            return None  # one new token sees every cached token
+        n_keys = start + seq
+        device = mask.device if mask is not None else cache.valid.device
+        query_slots = torch.arange(start, n_keys, device=device)[:, None]
+        key_slots = torch.arange(n_keys, device=device)[None, :]
+        causal = key_slots <= query_slots
+        if cache is not None:
+            valid = cache.valid[:, :n_keys]
+        else:
+            valid = mask
+        allowed = causal[None] & valid[:, None, :]
+        # A padding query would see no key at all (NaN rows); let it see itself.
+        allowed = allowed | (key_slots == query_slots)[None]
+        return allowed[:, None]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,149 @@
+"""The tokenizer half of lmforge's protocol: encode, decode, special tokens, chat template."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers
+
+from lmforge.errors import CheckpointError, ConfigError
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus what generation needs: BOS/EOS/pad ids and a chat template."""
+
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        *,
+        bos_id: int | None = None,
+        eos_ids: Sequence[int] = (),
+        pad_id: int | None = None,
+        add_bos: bool = False,
+        chat_template: str | None = None,
+    ):
+        self.backend = backend
+        self.bos_id = bos_id
+        self.eos_ids = list(dict.fromkeys(eos_ids))
+        self.pad_id = pad_id if pad_id is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        self.add_bos = add_bos
+        self.chat_template = chat_template
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; BOS is prepended when the model expects it."""
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        if add_special_tokens and self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """Render a conversation with the model's own Jinja chat template (as transformers does)."""
+        if not self.chat_template:
+            raise ConfigError("this model has no chat template; use plain generation (a prompt, not messages)")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise ConfigError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
+        template = _compile_template(self.chat_template)
+        return template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self._token_text(self.bos_id),
+            eos_token=self._token_text(self.eos_ids[0] if self.eos_ids else None),
+        )
+
+    def _token_text(self, token_id: int | None) -> str:
+        return (self.backend.id_to_token(token_id) or "") if token_id is not None else ""
+
+    # --- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_directory(cls, directory: Path, generation_config: dict[str, Any] | None = None) -> Tokenizer:
+        """Load `tokenizer.json` (or `vocab.json` + `merges.txt`) with `tokenizer_config.json`."""
+        config_path = directory / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        if (directory / "tokenizer.json").exists():
+            backend = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+        elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
+            backend = byte_level_bpe(directory / "vocab.json", directory / "merges.txt")
+        else:
+            raise CheckpointError(f"{directory}: no tokenizer.json, nor vocab.json + merges.txt")
+        _add_special_tokens_from_config(backend, config)
+        template = config.get("chat_template")
+        if (directory / "chat_template.jinja").exists():
+            template = (directory / "chat_template.jinja").read_text()
+        gen = generation_config or {}
+
+        def token_id(key: str) -> int | None:
+            value = config.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            return backend.token_to_id(value) if isinstance(value, str) else None
+
+        eos = gen.get("eos_token_id", token_id("eos_token"))
+        eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        if not eos_ids and backend.token_to_id("<|endoftext|>") is not None:
+            eos_ids = [backend.token_to_id("<|endoftext|>")]
+        bos = gen.get("bos_token_id", token_id("bos_token"))
+        return cls(
+            backend,
+            bos_id=bos,
+            eos_ids=eos_ids,
+            pad_id=gen.get("pad_token_id", token_id("pad_token")),
+            add_bos=bool(config.get("add_bos_token", False)),
+            chat_template=template if isinstance(template, str) else None,
+        )
+
+
+def byte_level_bpe(vocab_file: Path, merges_file: Path) -> tokenizers.Tokenizer:
+    """GPT-2's byte-level BPE from `vocab.json` + `merges.txt` (a.k.a. encoder.json + vocab.bpe)."""
+    bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
+    backend = tokenizers.Tokenizer(bpe)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    if backend.token_to_id("<|endoftext|>") is not None:
+        backend.add_special_tokens([tokenizers.AddedToken("<|endoftext|>", special=True, normalized=False)])
+    return backend
+
+
+def _add_special_tokens_from_config(backend: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
+    decoder = config.get("added_tokens_decoder") or {}
+    specials = [
+        tokenizers.AddedToken(entry["content"], special=True, normalized=entry.get("normalized", False))
+        for entry in decoder.values()
+        if entry.get("special")
+    ]
+    if specials:
+        backend.add_special_tokens(specials)
+
+
+_TEMPLATES: dict[str, Any] = {}
+
+
+def _compile_template(source: str):
+    """Compile a chat template once, in a sandbox, with transformers' Jinja settings."""
+    if source not in _TEMPLATES:
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str):
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+        _TEMPLATES[source] = env.from_string(source)
+    return _TEMPLATES[source]
