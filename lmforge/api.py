@@ -1,0 +1,126 @@
+"""The small public Python surface: `lm = lmforge.load(...)`, then generate, stream or chat."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
+from lmforge.errors import ConfigError
+from lmforge.generation.config import GenerationConfig
+from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class LM:
+    """A language model with its tokenizer, ready to generate."""
+
+    def __init__(self, model, tokenizer, source: Path | str = "", generation_defaults: dict | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        defaults = {k: v for k, v in (generation_defaults or {}).items() if k in _HF_GENERATION_KEYS}
+        self.defaults = GenerationConfig.from_options(**{_HF_GENERATION_KEYS[k]: v for k, v in defaults.items()})
+
+    def config(self, **options) -> GenerationConfig:
+        """The model's generation defaults overridden by `options` (validated)."""
+        return GenerationConfig.from_options(self.defaults, **options)
+
+    def _encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            bad = [t for t in prompt if not 0 <= t < self.model.config.vocab_size]
+            if bad:
+                raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.model.config.vocab_size})")
+            return list(prompt)
+        raise ConfigError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+
+    def _batch(self, prompts, n: int) -> tuple[list[list[int]], bool]:
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
+        items = [prompts] if single else list(prompts)
+        if not items:
+            raise ConfigError("prompts is an empty list; give at least one prompt")
+        encoded = [self._encode(p) for p in items]
+        return [ids for ids in encoded for _ in range(n)], single
+
+    def generate(self, prompts: str | list[str] | list[int], **options) -> Completion | list[Completion]:
+        """Generate for one prompt (returns a Completion, or a list when num_return_sequences > 1)
+        or a list of prompts (returns a list, num_return_sequences per prompt)."""
+        config = self.config(**options)
+        repeat = 1 if config.num_beams > 1 else config.num_return_sequences
+        encoded, single = self._batch(prompts, repeat)
+        results = generate_tokens(self.model, self.tokenizer, encoded, config)
+        if single and config.num_return_sequences == 1:
+            return results[0]
+        return results
+
+    def stream(self, prompts: str | list[str] | list[int], **options) -> Iterator[StreamEvent]:
+        """Yield one event per generated token, with the text it adds (UTF-8 safe)."""
+        config = self.config(**options)
+        encoded, _ = self._batch(prompts, config.num_return_sequences)
+        yield from stream_tokens(self.model, self.tokenizer, encoded, config)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ready for the reply."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def chat(self, messages: list[dict[str, Any]], stream: bool = False, **options):
+        """Reply to a conversation (list of {"role", "content"}) using the model's chat template."""
+        if not isinstance(messages, list) or not messages:
+            raise ConfigError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+        ids = self.chat_prompt(messages)
+        return self.stream(ids, **options) if stream else self.generate(ids, **options)
+
+    def info(self) -> dict[str, Any]:
+        """Architecture, size, context and tokenizer: what `lmforge info` prints."""
+        c = self.model.config
+        return {
+            "source": str(self.source),
+            "family": c.extra.get("family"),
+            "format": c.extra.get("source_format"),
+            "quantization (source)": c.extra.get("quantization"),
+            "parameters": self.model.num_parameters(),
+            "layers": c.n_layer,
+            "d_model": c.d_model,
+            "heads": f"{c.n_head} (kv {c.n_kv_head})",
+            "context length": c.max_seq_len,
+            "positions": c.position + (f" (theta {c.rope_theta:g})" if c.position == "rope" else ""),
+            "norm / mlp": f"{c.norm} / {c.mlp}",
+            "tied embeddings": c.tie_embeddings,
+            "vocab size": c.vocab_size,
+            "tokenizer": type(self.tokenizer.backend.model).__name__,
+            "eos ids": self.tokenizer.eos_ids,
+            "chat template": bool(self.tokenizer.chat_template),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+        }
+
+
+# generation_config.json keys we honour, mapped to our option names.
+_HF_GENERATION_KEYS = {
+    "do_sample": "do_sample",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repetition_penalty": "repetition_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "num_beams": "num_beams",
+    "length_penalty": "length_penalty",
+}
+
+
+def load(name_or_path: str | Path = DEFAULT_MODEL, dtype: str | torch.dtype = "float32") -> LM:
+    """Load a known model name, a GGUF file or a Hugging Face directory."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    checkpoint = load_checkpoint(name_or_path, dtype)
+    return LM(checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults)

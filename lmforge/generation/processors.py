@@ -1,0 +1,185 @@
+"""Logits processors: small composable steps that reshape next-token scores.
+
+Each follows the semantics users know (transformers' processors; OpenAI's frequency/presence
+penalties), so the same options give the same distribution here as there. A processor gets the
+token history of each row and the (rows, vocab) scores, and returns new scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.generation.config import GenerationConfig
+
+
+@dataclass
+class History:
+    """Tokens so far per row: `tokens` (rows, length) with `valid` marking real (non-pad) tokens;
+    the first `prompt_len` columns are the (left-padded) prompt."""
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    prompt_len: int
+
+
+class LogitBias:
+    """Add a fixed bias to chosen token ids (OpenAI's `logit_bias`)."""
+
+    def __init__(self, bias: dict[int, float], vocab_size: int):
+        self.ids = torch.tensor(list(bias), dtype=torch.long)
+        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
+        if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= vocab_size):
+            from lmforge.errors import ConfigError
+
+            raise ConfigError(f"logit_bias has a token id outside [0, {vocab_size})")
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[:, self.ids] += self.values.to(scores.dtype)
+        return scores
+
+
+class RepetitionPenalty:
+    """transformers' repetition penalty: for every token already present (prompt included),
+    divide a positive score by `penalty`, multiply a negative one."""
+
+    def __init__(self, penalty: float):
+        self.penalty = penalty
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        tokens = history.tokens.masked_fill(~history.valid, 0)
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, tokens, history.valid)
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen, penalised, scores)
+
+
+class FrequencyPresencePenalty:
+    """OpenAI's penalties over generated tokens: score -= count * frequency + (count > 0) * presence."""
+
+    def __init__(self, frequency: float, presence: float):
+        self.frequency, self.presence = frequency, presence
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        generated = history.tokens[:, history.prompt_len :]
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
+
+
+class NoRepeatNGram:
+    """transformers' no_repeat_ngram_size: ban any token that would complete an n-gram already seen."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        for row in range(scores.shape[0]):
+            seq = history.tokens[row][history.valid[row]].tolist()
+            if len(seq) + 1 < self.n:
+                continue
+            prefix = tuple(seq[len(seq) - self.n + 1 :])
+            banned = [
+                seq[i + self.n - 1] for i in range(len(seq) - self.n + 1) if tuple(seq[i : i + self.n - 1]) == prefix
+            ]
+            if banned:
+                scores[row, banned] = -float("inf")
+        return scores
+
+
+class Temperature:
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperature
+
+
+class TopK:
+    """Keep the k highest scores."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        k = min(self.k, scores.shape[-1])
+        threshold = torch.topk(scores, k).values[..., -1:]
+        return scores.masked_fill(scores < threshold, -float("inf"))
+
+
+class TopP:
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches p."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - self.p)
+        remove[..., -1:] = False  # always keep the best token
+        return scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+
+
+class MinP:
+    """Keep tokens whose probability is at least min_p times the best token's."""
+
+    def __init__(self, min_p: float):
+        self.min_p = min_p
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        probs = scores.softmax(dim=-1)
+        remove = probs < self.min_p * probs.amax(dim=-1, keepdim=True)
+        best = scores.argmax(dim=-1, keepdim=True)
+        remove.scatter_(1, best, False)
+        return scores.masked_fill(remove, -float("inf"))
+
+
+class TypicalP:
+    """Locally typical sampling (Meister et al.): keep the tokens whose surprisal is closest to the
+    entropy, up to probability mass `mass`."""
+
+    def __init__(self, mass: float):
+        self.mass = mass
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(scores, dim=-1)
+        entropy = -(log_probs.exp() * log_probs).nansum(dim=-1, keepdim=True)
+        shifted, order = torch.sort((-log_probs - entropy).abs(), descending=False)
+        cumulative = scores.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+        last = (cumulative < self.mass).sum(dim=1).clamp_(max=scores.shape[-1] - 1)
+        remove = shifted > shifted.gather(1, last.view(-1, 1))
+        remove[..., :1] = False
+        return scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+
+
+def build_processors(config: GenerationConfig, vocab_size: int) -> list:
+    """The processors a config asks for, in transformers' order (penalties, then warpers)."""
+    steps: list = []
+    if config.logit_bias:
+        steps.append(LogitBias(config.logit_bias, vocab_size))
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        steps.append(RepetitionPenalty(config.repetition_penalty))
+    if config.frequency_penalty or config.presence_penalty:
+        steps.append(FrequencyPresencePenalty(config.frequency_penalty, config.presence_penalty))
+    if config.no_repeat_ngram_size:
+        steps.append(NoRepeatNGram(config.no_repeat_ngram_size))
+    if config.sampling:
+        if config.temperature is not None and config.temperature != 1.0:
+            steps.append(Temperature(config.temperature))
+        if config.top_k:
+            steps.append(TopK(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            steps.append(TopP(config.top_p))
+        if config.min_p:
+            steps.append(MinP(config.min_p))
+        if config.typical_p is not None and config.typical_p < 1.0:
+            steps.append(TypicalP(config.typical_p))
+    return steps
+
+
+def apply_processors(steps: list, history: History, scores: torch.Tensor) -> torch.Tensor:
+    for step in steps:
+        scores = step(history, scores)
+    return scores

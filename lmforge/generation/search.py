@@ -1,0 +1,287 @@
+"""The generation engine: one loop for greedy and sampling, one for beam search, for every model.
+
+Models speak lmforge's protocol (`model(ids, cache, positions, mask, last_only) -> (logits,
+cache)`), so the engine never knows whether it drives a GPT or an RNN. Batched prompts are
+left-padded; each row gets its own positions and padding mask, so a prompt gives the same tokens
+alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.generation.config import GenerationConfig
+from lmforge.generation.processors import History, apply_processors, build_processors
+from lmforge.generation.stream import TextAssembler
+from lmforge.tokenizers import Tokenizer
+
+
+@dataclass
+class Completion:
+    """One generated sequence. `logprobs[i]` is the model's log-probability of `token_ids[i]`
+    (before any processor); `finish_reason` is "eos", "stop" (a stop string) or "length"."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: str
+    prompt_tokens: int
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    score: float | None = None  # beam search: the length-penalised sequence score
+
+
+@dataclass
+class StreamEvent:
+    """One new token of sequence `index`: its id, log-probability and the text it adds."""
+
+    index: int
+    token_id: int
+    logprob: float
+    text: str
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None
+
+
+def prepare_prompts(prompts: list[list[int]], tokenizer: Tokenizer, context: int, config: GenerationConfig):
+    """Empty prompts start from BOS; prompts too long for the context are an error or cut on the left."""
+    prepared = []
+    for i, ids in enumerate(prompts):
+        ids = list(ids)
+        if not ids:
+            start = tokenizer.bos_id if tokenizer.bos_id is not None else (tokenizer.eos_ids or [None])[0]
+            if start is None:
+                raise ConfigError(f"prompt {i} is empty and the tokenizer has no BOS token to start from")
+            ids = [start]
+        room = context - 1 if config.max_new_tokens else context
+        if len(ids) > room:
+            if config.truncate != "left":
+                raise ConfigError(
+                    f"prompt {i} has {len(ids)} tokens but the model's context is {context}; "
+                    "shorten it or pass truncate='left' (--truncate left) to keep its end"
+                )
+            ids = ids[len(ids) - room :]
+        prepared.append(ids)
+    return prepared
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int):
+    length = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for row, ids in enumerate(prompts):
+        tokens[row, length - len(ids) :] = torch.tensor(ids)
+        mask[row, length - len(ids) :] = True
+    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return tokens, mask, positions
+
+
+def _max_new(prompts: list[list[int]], context: int, config: GenerationConfig) -> int:
+    return min(config.max_new_tokens, context - max(len(p) for p in prompts))
+
+
+def _top(log_probs: torch.Tensor, k: int) -> list[dict[int, float]]:
+    values, ids = torch.topk(log_probs, k, dim=-1)
+    return [dict(zip(i.tolist(), v.tolist())) for i, v in zip(ids, values)]
+
+
+@torch.inference_mode()
+def stream_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> Iterator[StreamEvent]:
+    """Greedy or sampled generation for a batch of prompts, yielding each new token as it comes."""
+    if config.num_beams > 1:
+        raise ConfigError("num_beams > 1 cannot stream; use generate()")
+    context = model.max_seq_len
+    prompts = prepare_prompts(prompts, tokenizer, context, config)
+    rows = len(prompts)
+    max_new = _max_new(prompts, context, config)
+    eos = set() if config.ignore_eos else set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    steps = build_processors(config, model.config.vocab_size)
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+
+    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id)
+    prompt_len = tokens.shape[1]
+    history_tokens = torch.full((rows, prompt_len + max_new), tokenizer.pad_id, dtype=torch.long)
+    history_valid = torch.zeros_like(history_tokens, dtype=torch.bool)
+    history_tokens[:, :prompt_len], history_valid[:, :prompt_len] = tokens, mask
+    assemblers = [TextAssembler(tokenizer, config.stop) for _ in range(rows)]
+    finished = [False] * rows
+    if max_new <= 0:
+        for row in range(rows):
+            yield StreamEvent(row, -1, 0.0, "", None, "length")
+        return
+
+    cache = model.new_cache(rows, prompt_len + max_new)
+    padded = not bool(mask.all())
+    logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
+    next_positions = positions[:, -1:] + 1
+    for step in range(max_new):
+        scores = logits[:, -1].float()
+        log_probs = torch.log_softmax(scores, dim=-1)
+        width = prompt_len + step
+        history = History(history_tokens[:, :width], history_valid[:, :width], prompt_len)
+        scores = apply_processors(steps, history, scores)
+        if config.sampling:
+            choice = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            choice = scores.argmax(dim=-1)
+        history_tokens[:, width], history_valid[:, width] = choice, True
+        chosen_logprobs = log_probs.gather(1, choice[:, None]).squeeze(1).tolist()
+        tops = _top(log_probs, config.top_logprobs) if config.top_logprobs else None
+        for row, token in enumerate(choice.tolist()):
+            if finished[row]:
+                continue
+            reason = None
+            if token in eos:
+                reason, text = "eos", assemblers[row].finish()
+            else:
+                text = assemblers[row].add(token)
+                if assemblers[row].stopped:
+                    reason = "stop"
+                elif step == max_new - 1:
+                    reason, text = "length", text + assemblers[row].finish()
+            finished[row] = reason is not None
+            yield StreamEvent(row, token, chosen_logprobs[row], text, tops[row] if tops else None, reason)
+        if all(finished):
+            return
+        logits, cache = model(choice[:, None], cache, next_positions, None, last_only=True)
+        next_positions = next_positions + 1
+
+
+def generate_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
+    """Run `stream_tokens` to the end and collect one `Completion` per prompt row."""
+    if config.num_beams > 1:
+        return beam_search(model, tokenizer, prompts, config)
+    results = [Completion([], "", [], "length", 0) for _ in prompts]
+    prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
+    for result, ids in zip(results, prepared):
+        result.prompt_tokens = len(ids)
+    for event in stream_tokens(model, tokenizer, prompts, config):
+        result = results[event.index]
+        if event.token_id >= 0:
+            result.token_ids.append(event.token_id)
+            result.logprobs.append(event.logprob)
+            if event.top_logprobs is not None:
+                result.top_logprobs.append(event.top_logprobs)
+        result.text += event.text
+        if event.finish_reason:
+            result.finish_reason = event.finish_reason
+    return results
+
+
+@torch.inference_mode()
+def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
+    """Beam search with transformers' semantics (length_penalty, early_stopping, the heuristic
+    stop), vectorised over prompts x beams. Returns `num_return_sequences` completions per prompt,
+    best first, flattened."""
+    if config.sampling:
+        raise ConfigError("beam search here is deterministic; drop the sampling options or set num_beams=1")
+    context = model.max_seq_len
+    prompts = prepare_prompts(prompts, tokenizer, context, config)
+    batch, beams = len(prompts), config.num_beams
+    max_new = _max_new(prompts, context, config)
+    eos_ids = [] if config.ignore_eos else list(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    steps = build_processors(config, model.config.vocab_size)
+
+    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id)
+    prompt_len = tokens.shape[1]
+    max_length = prompt_len + max_new
+    expand = lambda t: t.repeat_interleave(beams, dim=0)  # noqa: E731
+    tokens, mask, positions = expand(tokens), expand(mask), expand(positions)
+
+    pad = tokenizer.pad_id
+    running = torch.full((batch, beams, max_length), pad, dtype=torch.long)
+    running[:, :, :prompt_len] = tokens.view(batch, beams, prompt_len)
+    valid = torch.zeros((batch, beams, max_length), dtype=torch.bool)
+    valid[:, :, :prompt_len] = mask.view(batch, beams, prompt_len)
+    running_scores = torch.zeros(batch, beams)
+    running_scores[:, 1:] = -1e9
+    running_lp = torch.zeros(batch, beams, max(max_new, 1))
+    sequences, seq_lp = running.clone(), running_lp.clone()
+    beam_scores = torch.full((batch, beams), -1e9)
+    lengths = torch.zeros((batch, beams), dtype=torch.long)
+    finished = torch.zeros((batch, beams), dtype=torch.bool)
+    improvable = torch.ones((batch, 1), dtype=torch.bool)
+    keep = max(2, 1 + len(eos_ids)) * beams
+    top_mask = torch.arange(keep) < beams
+    eos_tensor = torch.tensor(eos_ids, dtype=torch.long)
+    batch_offset = torch.arange(batch)[:, None] * beams
+
+    cache = model.new_cache(batch * beams, max_length)
+    padded = not bool(mask.all())
+    logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
+    next_positions = positions[:, -1:] + 1
+    cur_len = prompt_len
+    while max_new > 0:
+        raw = torch.log_softmax(logits[:, -1].float(), dim=-1)
+        vocab = raw.shape[-1]
+        history = History(running[:, :, :cur_len].reshape(batch * beams, -1), valid[:, :, :cur_len].reshape(batch * beams, -1), prompt_len)
+        scored = apply_processors(steps, history, raw)
+        scored = (scored.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
+        top_scores, top_index = torch.topk(scored, keep)
+        parent, token = top_index // vocab, top_index % vocab
+        cand = running.gather(1, parent[:, :, None].expand(-1, -1, max_length)).clone()
+        cand[:, :, cur_len] = token
+        cand_lp = running_lp.gather(1, parent[:, :, None].expand(-1, -1, running_lp.shape[2])).clone()
+        cand_lp[:, :, cur_len - prompt_len] = raw.view(batch, -1).gather(1, top_index)
+        hits = torch.isin(token, eos_tensor) | (cur_len + 1 >= max_length)
+
+        # The best `beams` candidates that did not just finish keep running.
+        running_cand = top_scores + hits.float() * -1e9
+        next_index = torch.topk(running_cand, beams).indices
+        running = cand.gather(1, next_index[:, :, None].expand(-1, -1, max_length))
+        running_lp = cand_lp.gather(1, next_index[:, :, None].expand(-1, -1, cand_lp.shape[2]))
+        running_scores = running_cand.gather(1, next_index)
+        source_rows = (parent.gather(1, next_index) + batch_offset).view(-1)
+        valid = valid.view(batch * beams, -1)[source_rows].view(batch, beams, -1)
+        valid[:, :, cur_len] = True
+
+        # Candidates among the top `beams` that just finished compete for the final list.
+        just_finished = hits & top_mask[None, :]
+        final = top_scores / ((cur_len + 1 - prompt_len) ** config.length_penalty)
+        final = final + (finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)).float() * -1e9
+        final = final + (~improvable).float() * -1e9
+        final = final + (~just_finished).float() * -1e9
+        merged_scores = torch.cat((beam_scores, final), dim=1)
+        best = torch.topk(merged_scores, beams).indices
+        sequences = torch.cat((sequences, cand), dim=1).gather(1, best[:, :, None].expand(-1, -1, max_length))
+        seq_lp = torch.cat((seq_lp, cand_lp), dim=1).gather(1, best[:, :, None].expand(-1, -1, seq_lp.shape[2]))
+        new_lengths = torch.full((batch, keep), cur_len + 1 - prompt_len, dtype=torch.long)
+        lengths = torch.cat((lengths, new_lengths), dim=1).gather(1, best)
+        finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
+        beam_scores = merged_scores.gather(1, best)
+
+        cache.reorder(source_rows)
+        cur_len += 1
+        if config.early_stopping == "never" and config.length_penalty > 0.0:
+            best_length = max_length - prompt_len
+        else:
+            best_length = cur_len - prompt_len
+        best_running = running_scores[:, :1] / (best_length**config.length_penalty)
+        worst_final = torch.where(finished, beam_scores.min(dim=1, keepdim=True).values, torch.tensor(-1e9))
+        improvable = improvable & (best_running > worst_final).any(dim=-1, keepdim=True)
+        keep_going = bool(improvable.any()) and not (bool(finished.all()) and config.early_stopping is True)
+        if not keep_going or bool(hits.all()):
+            break
+        logits, cache = model(running[:, :, cur_len - 1].reshape(-1, 1), cache, next_positions, None, last_only=True)
+        next_positions = next_positions + 1
+
+    results = []
+    for b in range(batch):
+        for k in range(config.num_return_sequences):
+            n = int(lengths[b, k])
+            ids = sequences[b, k, prompt_len : prompt_len + n].tolist()
+            reason = "eos" if ids and ids[-1] in eos_ids else "length"
+            assembler = TextAssembler(tokenizer, config.stop)
+            for token in ids:
+                if token not in eos_ids:
+                    assembler.add(token)
+            assembler.finish()
+            if assembler.stopped:
+                reason = "stop"
+            results.append(
+                Completion(ids, assembler.text, seq_lp[b, k, :n].tolist(), reason, len(prompts[b]), score=float(beam_scores[b, k]))
+            )
+    return results
