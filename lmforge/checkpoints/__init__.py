@@ -74,18 +74,16 @@ def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype = torch.float32
 
 
 def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> GPT:
+    """Build the model on the meta device and adopt the loaded tensors as its parameters (no copy)."""
     from lmforge.checkpoints.hf import fuse_qkv, load_state_dict_into
+    from lmforge.models.gpt import rope_inverse_frequencies
 
     with torch.device("meta"):
         model = GPT(config)
-    model = model.to_empty(device="cpu")
-    tensors = fuse_qkv(tensors, config.n_layer)
-    load_state_dict_into(model, tensors, source)
+    load_state_dict_into(model, fuse_qkv(tensors, config.n_layer), source)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     if config.position == "rope":
-        from lmforge.models.gpt import rope_inverse_frequencies
-
         model.inv_freq = rope_inverse_frequencies(config)
     return model.to(dtype).eval()
 

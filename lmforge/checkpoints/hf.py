@@ -157,7 +157,7 @@ def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor
             raise CheckpointError(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(tensors, strict=not model.config.tie_embeddings)
+    model.load_state_dict(tensors, strict=not model.config.tie_embeddings, assign=True)
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

