@@ -21,7 +21,7 @@ def write_gpt2_tokenizer(directory: Path) -> None:
     (directory / "merges.txt").write_bytes((GPT2_TOKENIZER / "vocab.bpe").read_bytes())
 
 
-def save_random_hf_model(directory: Path, family: str, safe_serialization: bool = True, max_shard_size=None, **overrides):
+def save_random_hf_model(directory: Path, family: str, max_shard_size=None, **overrides):
     """A small randomly initialised transformers model saved as an HF directory; returns the model."""
     import transformers
 
@@ -47,7 +47,7 @@ def save_random_hf_model(directory: Path, family: str, safe_serialization: bool 
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**settings))
     model.eval()
     extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(directory, safe_serialization=safe_serialization, **extra)
+    model.save_pretrained(directory, **extra)
     write_gpt2_tokenizer(directory)
     return model
 
