@@ -4,5 +4,13 @@ from lmforge.api import LM, load
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError, UnknownModelError
 from lmforge.generation.config import GenerationConfig
 
-__all__ = ["LM", "load", "GenerationConfig", "LMForgeError", "ConfigError", "CheckpointError", "UnknownModelError"]
+__all__ = [
+    "LM",
+    "load",
+    "GenerationConfig",
+    "LMForgeError",
+    "ConfigError",
+    "CheckpointError",
+    "UnknownModelError",
+]
 __version__ = "0.1.0"

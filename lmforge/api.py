@@ -13,18 +13,29 @@ from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 class LM:
     """A language model with its tokenizer, ready to generate."""
 
-    def __init__(self, model, tokenizer, source: Path | str = "", generation_defaults: dict | None = None):
+    def __init__(
+        self, model, tokenizer, source: Path | str = "", generation_defaults: dict | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        defaults = {k: v for k, v in (generation_defaults or {}).items() if k in _HF_GENERATION_KEYS}
-        self.defaults = GenerationConfig.from_options(**{_HF_GENERATION_KEYS[k]: v for k, v in defaults.items()})
+        defaults = {
+            k: v for k, v in (generation_defaults or {}).items() if k in _HF_GENERATION_KEYS
+        }
+        self.defaults = GenerationConfig.from_options(
+            **{_HF_GENERATION_KEYS[k]: v for k, v in defaults.items()}
+        )
 
     def config(self, **options) -> GenerationConfig:
         """The model's generation defaults overridden by `options` (validated)."""
@@ -36,19 +47,27 @@ class LM:
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
             bad = [t for t in prompt if not 0 <= t < self.model.config.vocab_size]
             if bad:
-                raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.model.config.vocab_size})")
+                raise ConfigError(
+                    f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.model.config.vocab_size})"
+                )
             return list(prompt)
-        raise ConfigError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        raise ConfigError(
+            f"prompt must be a string or a list of token ids, got {type(prompt).__name__}"
+        )
 
     def _batch(self, prompts, n: int) -> tuple[list[list[int]], bool]:
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int))
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        )
         items = [prompts] if single else list(prompts)
         if not items:
             raise ConfigError("prompts is an empty list; give at least one prompt")
         encoded = [self._encode(p) for p in items]
         return [ids for ids in encoded for _ in range(n)], single
 
-    def generate(self, prompts: str | list[str] | list[int], **options) -> Completion | list[Completion]:
+    def generate(
+        self, prompts: str | list[str] | list[int], **options
+    ) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion, or a list when num_return_sequences > 1)
         or a list of prompts (returns a list, num_return_sequences per prompt)."""
         config = self.config(**options)
@@ -90,7 +109,8 @@ class LM:
             "d_model": c.d_model,
             "heads": f"{c.n_head} (kv {c.n_kv_head})",
             "context length": c.max_seq_len,
-            "positions": c.position + (f" (theta {c.rope_theta:g})" if c.position == "rope" else ""),
+            "positions": c.position
+            + (f" (theta {c.rope_theta:g})" if c.position == "rope" else ""),
             "norm / mlp": f"{c.norm} / {c.mlp}",
             "tied embeddings": c.tie_embeddings,
             "vocab size": c.vocab_size,
@@ -120,7 +140,11 @@ def load(name_or_path: str | Path = DEFAULT_MODEL, dtype: str | torch.dtype = "f
     """Load a known model name, a GGUF file or a Hugging Face directory."""
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ConfigError(f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}")
+            raise ConfigError(
+                f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}"
+            )
         dtype = _DTYPES[dtype]
     checkpoint = load_checkpoint(name_or_path, dtype)
-    return LM(checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults)
+    return LM(
+        checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults
+    )

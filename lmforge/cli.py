@@ -17,20 +17,33 @@ DEFAULT_PROMPT = "Once upon a time"
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None, help="known name, GGUF file or HF directory (default: smollm2-135m-instruct)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="known name, GGUF file or HF directory (default: smollm2-135m-instruct)",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype"
+    )
 
 
 def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 128)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens to generate (default 128)"
+    )
     g.add_argument("--temperature", type=float, help="sampling temperature; 0 means greedy")
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
     g.add_argument("--min-p", type=float)
     g.add_argument("--typical-p", type=float)
-    g.add_argument("--greedy", action="store_true", help="greedy decoding even if sampling options are set")
-    g.add_argument("--repetition-penalty", type=float, help="transformers semantics (>1 discourages repeats)")
+    g.add_argument(
+        "--greedy", action="store_true", help="greedy decoding even if sampling options are set"
+    )
+    g.add_argument(
+        "--repetition-penalty", type=float, help="transformers semantics (>1 discourages repeats)"
+    )
     g.add_argument("--frequency-penalty", type=float, help="OpenAI semantics, in [-2, 2]")
     g.add_argument("--presence-penalty", type=float, help="OpenAI semantics, in [-2, 2]")
     g.add_argument("--no-repeat-ngram-size", type=int)
@@ -42,8 +55,12 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--seed", type=int, help="makes sampling reproducible")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
-    g.add_argument("--top-logprobs", type=int, help="also report the k most likely tokens at each step")
-    g.add_argument("--truncate", choices=["left"], help="cut prompts longer than the context on the left")
+    g.add_argument(
+        "--top-logprobs", type=int, help="also report the k most likely tokens at each step"
+    )
+    g.add_argument(
+        "--truncate", choices=["left"], help="cut prompts longer than the context on the left"
+    )
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
@@ -53,7 +70,9 @@ def _generation_options(args: argparse.Namespace) -> dict:
         try:
             bias[int(token)] = float(value)
         except ValueError:
-            raise ConfigError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. 50256=-100") from None
+            raise ConfigError(
+                f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. 50256=-100"
+            ) from None
     early = {"true": True, "false": False, "never": "never", None: None}[args.early_stopping]
     options = {
         "max_new_tokens": args.max_new_tokens,
@@ -107,7 +126,9 @@ def _read_prompt(args: argparse.Namespace) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"--prompt-file {path}: invalid UTF-8 at byte {exc.start} ({data[exc.start:exc.start + 4]!r})") from None
+        raise ConfigError(
+            f"--prompt-file {path}: invalid UTF-8 at byte {exc.start} ({data[exc.start : exc.start + 4]!r})"
+        ) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -116,7 +137,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _validate(options)
     lm = _load(args)
     config = lm.config(**options)
-    streaming = not args.json and not args.no_stream and config.num_beams == 1 and config.num_return_sequences == 1
+    streaming = (
+        not args.json
+        and not args.no_stream
+        and config.num_beams == 1
+        and config.num_return_sequences == 1
+    )
     if streaming:
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -134,12 +160,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "logprobs": r.logprobs,
                 "finish_reason": r.finish_reason,
                 "prompt_tokens": r.prompt_tokens,
-                **({"top_logprobs": [{str(k): v for k, v in t.items()} for t in r.top_logprobs]} if r.top_logprobs else {}),
+                **(
+                    {"top_logprobs": [{str(k): v for k, v in t.items()} for t in r.top_logprobs]}
+                    if r.top_logprobs
+                    else {}
+                ),
                 **({"score": r.score} if r.score is not None else {}),
             }
             for r in results
         ]
-        json.dump({"model": str(lm.source), "prompt": prompt, "completions": payload}, sys.stdout, ensure_ascii=False, indent=2)
+        json.dump(
+            {"model": str(lm.source), "prompt": prompt, "completions": payload},
+            sys.stdout,
+            ensure_ascii=False,
+            indent=2,
+        )
         sys.stdout.write("\n")
     else:
         for i, r in enumerate(results):
@@ -157,7 +192,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise ConfigError(f"{lm.source}: this model has no chat template; use `lmforge generate`")
     system = args.system
     history: list[dict] = []
-    print("lmforge chat: /reset clears the conversation, /system TEXT sets the system prompt, /exit quits.")
+    print(
+        "lmforge chat: /reset clears the conversation, /system TEXT sets the system prompt, /exit quits."
+    )
     while True:
         try:
             line = input("you> ")
@@ -222,14 +259,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description="Language models and text generation in plain PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="Language models and text generation in plain PyTorch."
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     gen = verbs.add_parser("generate", help="continue a prompt")
-    gen.add_argument("prompt", nargs="?", default=None, help=f"the prompt (default {DEFAULT_PROMPT!r}); '' starts from BOS")
+    gen.add_argument(
+        "prompt",
+        nargs="?",
+        default=None,
+        help=f"the prompt (default {DEFAULT_PROMPT!r}); '' starts from BOS",
+    )
     gen.add_argument("--prompt-file", help="read the prompt from a UTF-8 file")
-    gen.add_argument("--json", action="store_true", help="machine-readable output with token ids and logprobs")
-    gen.add_argument("--no-stream", action="store_true", help="print the result at the end instead of streaming")
+    gen.add_argument(
+        "--json", action="store_true", help="machine-readable output with token ids and logprobs"
+    )
+    gen.add_argument(
+        "--no-stream", action="store_true", help="print the result at the end instead of streaming"
+    )
     _add_model_args(gen)
     _add_generation_args(gen)
     gen.set_defaults(func=cmd_generate)

@@ -27,7 +27,9 @@ def save_random_hf_model(directory: Path, family: str, max_shard_size=None, **ov
 
     torch.manual_seed(0)
     if family == "gpt2":
-        config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, initializer_range=0.2, **overrides)
+        config = transformers.GPT2Config(
+            n_layer=2, n_head=4, n_embd=64, n_positions=128, initializer_range=0.2, **overrides
+        )
         model = transformers.GPT2LMHeadModel(config)
     else:
         settings = dict(
@@ -73,7 +75,9 @@ def hf_smollm(smollm_path):
     """transformers' own loading of the same GGUF file: the reference implementation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm_path.parent, gguf_file=smollm_path.name, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(smollm_path.parent, gguf_file=smollm_path.name)
     return model.eval(), tokenizer
 

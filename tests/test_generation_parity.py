@@ -17,7 +17,14 @@ def pair(request, tiny_llama_dir, tiny_gpt2_dir):
 
 def hf_generate(hf_model, ids, **kwargs):
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([ids]), do_sample=False, top_k=None, top_p=None, pad_token_id=50256, **kwargs)
+        out = hf_model.generate(
+            torch.tensor([ids]),
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+            pad_token_id=50256,
+            **kwargs,
+        )
     return out[:, len(ids) :].tolist()
 
 
@@ -62,7 +69,9 @@ def test_batched_equals_one_at_a_time(pair):
 def test_batched_equals_one_at_a_time_on_smollm(smollm):
     prompts = ["The capital of France is", "Write a haiku about the sea.\n", "1, 2, 3,"]
     batched = smollm.generate(prompts, max_new_tokens=12)
-    assert [b.token_ids for b in batched] == [smollm.generate(p, max_new_tokens=12).token_ids for p in prompts]
+    assert [b.token_ids for b in batched] == [
+        smollm.generate(p, max_new_tokens=12).token_ids for p in prompts
+    ]
 
 
 def test_logprobs_are_the_models(pair):
@@ -82,7 +91,11 @@ def random_case(seed=0, rows=4, vocab=300, length=12):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(rows, vocab, generator=g) * 3
     tokens = torch.randint(0, 40, (rows, length), generator=g)  # small id range: plenty of repeats
-    return scores, tokens, P.History(tokens, torch.ones_like(tokens, dtype=torch.bool), prompt_len=4)
+    return (
+        scores,
+        tokens,
+        P.History(tokens, torch.ones_like(tokens, dtype=torch.bool), prompt_len=4),
+    )
 
 
 def hf_processors():
@@ -98,7 +111,10 @@ def hf_processors():
         (P.TopP(0.05), T.TopPLogitsWarper(0.05)),
         (P.MinP(0.1), T.MinPLogitsWarper(0.1)),
         (P.TypicalP(0.7), T.TypicalLogitsWarper(0.7)),
-        (P.LogitBias({5: 3.0, 7: -2.5}, 300), T.SequenceBiasLogitsProcessor({(5,): 3.0, (7,): -2.5})),
+        (
+            P.LogitBias({5: 3.0, 7: -2.5}, 300),
+            T.SequenceBiasLogitsProcessor({(5,): 3.0, (7,): -2.5}),
+        ),
     ]
 
 

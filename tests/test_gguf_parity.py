@@ -28,14 +28,18 @@ def test_same_32_greedy_tokens_as_transformers(smollm, hf_smollm):
     # transformers' min_new_tokens bans EOS; a -100 logit bias does the same on our side.
     ours = smollm.generate(ids, max_new_tokens=32, logit_bias={eos: -100.0}).token_ids
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32)
+        out = hf_model.generate(
+            torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32
+        )
     assert ours == out[0, len(ids) :].tolist()
 
 
 def test_tokenizer_matches_transformers_on_words(smollm, hf_smollm):
     _, hf_tokenizer = hf_smollm
     text = "Hello world! Élan, naïve café — 東京 and 🙂 emoji;\n\n   spaces\tand <|im_start|>user tokens"
-    assert smollm.tokenizer.encode(text) == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert (
+        smollm.tokenizer.encode(text) == hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_digits_are_split_one_by_one_like_llama_cpp(smollm):
@@ -48,6 +52,8 @@ def test_chat_template_and_eos_come_from_metadata(smollm):
     text = smollm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert smollm.tokenizer.token(smollm.tokenizer.eos_ids[0]) == "<|im_end|>"
-    reply = smollm.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=40)
+    reply = smollm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=40
+    )
     assert reply.finish_reason == "eos"
     assert "Paris" in reply.text

@@ -31,7 +31,15 @@ def test_llama_gqa_untied_safetensors(tiny_llama_dir):
     "overrides",
     [
         {"tie_word_embeddings": True, "num_key_value_heads": 4},
-        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            }
+        },
         {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "rope_theta": 500000.0},
         {"attention_bias": True, "mlp_bias": True},
     ],
@@ -50,7 +58,9 @@ def test_sharded_safetensors(tmp_path):
 
 def test_pytorch_model_bin(tmp_path):
     hf_model = save_random_hf_model(tmp_path, "gpt2")
-    (tmp_path / "model.safetensors").unlink()  # transformers 5 no longer writes .bin; write one as 4.x did
+    (
+        tmp_path / "model.safetensors"
+    ).unlink()  # transformers 5 no longer writes .bin; write one as 4.x did
     torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
     assert max_logit_diff(tmp_path, hf_model) <= 1e-4
 
@@ -60,7 +70,9 @@ def test_gpt2_tokenizer_matches_transformers(tiny_gpt2_dir):
 
     directory, _ = tiny_gpt2_dir
     ours = lmforge.load(directory).tokenizer
-    theirs = GPT2Tokenizer(vocab=str(GPT2_TOKENIZER / "encoder.json"), merges=str(GPT2_TOKENIZER / "vocab.bpe"))
+    theirs = GPT2Tokenizer(
+        vocab=str(GPT2_TOKENIZER / "encoder.json"), merges=str(GPT2_TOKENIZER / "vocab.bpe")
+    )
     texts = [
         "Hello, my dog is cute",
         "Café déjà vu — naïve façade, Ünïcödé àccents",

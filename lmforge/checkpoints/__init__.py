@@ -60,7 +60,9 @@ def resolve(name_or_path: str | Path) -> Path:
     looks_like_path = "/" in text or text.endswith((".gguf", ".safetensors", ".bin"))
     if looks_like_path:
         raise CheckpointError(f"model path {text!r} does not exist")
-    raise UnknownModelError(f"unknown model {text!r}; known models: {', '.join(KNOWN_MODELS)}; or give a path")
+    raise UnknownModelError(
+        f"unknown model {text!r}; known models: {', '.join(KNOWN_MODELS)}; or give a path"
+    )
 
 
 def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
@@ -89,7 +91,12 @@ def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
-    from lmforge.checkpoints.gguf import GGUFFile, config_from_gguf, tokenizer_from_gguf, weights_from_gguf
+    from lmforge.checkpoints.gguf import (
+        GGUFFile,
+        config_from_gguf,
+        tokenizer_from_gguf,
+        weights_from_gguf,
+    )
 
     file = GGUFFile(path)
     config = config_from_gguf(file)
@@ -98,11 +105,18 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
 
 
 def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:
-    from lmforge.checkpoints.hf import config_from_hf, read_hf_config, read_hf_weights, rename_hf_tensors
+    from lmforge.checkpoints.hf import (
+        config_from_hf,
+        read_hf_config,
+        read_hf_weights,
+        rename_hf_tensors,
+    )
 
     hf_config = read_hf_config(directory)
     config = config_from_hf(hf_config, str(directory / "config.json"))
-    config.extra.update(source_format="huggingface", quantization=str(hf_config.get("torch_dtype", "float32")))
+    config.extra.update(
+        source_format="huggingface", quantization=str(hf_config.get("torch_dtype", "float32"))
+    )
     tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
     model = _build(config, tensors, dtype, str(directory))
     gen_path = directory / "generation_config.json"

@@ -54,7 +54,9 @@ class GGUFFile:
         try:
             self.reader = gguf.GGUFReader(path)
         except Exception as exc:  # truncated, corrupted, or not GGUF at all
-            raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+            raise CheckpointError(
+                f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})"
+            ) from exc
         self.arch = self.get("general.architecture")
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -142,7 +144,8 @@ _LLAMA_GGUF_NAMES = {
     "blk.{i}.ffn_down.weight": "blocks.{i}.mlp.down.weight",
 }
 _LLAMA_RULES = [
-    (re.compile(re.escape(k).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), v) for k, v in _LLAMA_GGUF_NAMES.items()
+    (re.compile(re.escape(k).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), v)
+    for k, v in _LLAMA_GGUF_NAMES.items()
 ]
 
 
@@ -164,9 +167,13 @@ def weights_from_gguf(file: GGUFFile, config: GPTConfig) -> dict[str, torch.Tens
                 renamed[target.format(**match.groupdict())] = tensor
                 break
         else:
-            raise CheckpointError(f"{file.path}: unexpected tensor {name!r} for a {file.arch} model")
+            raise CheckpointError(
+                f"{file.path}: unexpected tensor {name!r} for a {file.arch} model"
+            )
     for i in range(config.n_layer):
-        renamed[f"blocks.{i}.attn.q.weight"] = unpermute_rope_rows(renamed[f"blocks.{i}.attn.q.weight"], config.n_head)
+        renamed[f"blocks.{i}.attn.q.weight"] = unpermute_rope_rows(
+            renamed[f"blocks.{i}.attn.q.weight"], config.n_head
+        )
         renamed[f"blocks.{i}.attn.k.weight"] = unpermute_rope_rows(
             renamed[f"blocks.{i}.attn.k.weight"], config.n_kv_head
         )
@@ -188,12 +195,17 @@ def tokenizer_from_gguf(file: GGUFFile):
     tokens = file.get("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges", [])]
     token_types = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    backend = tokenizers.Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    backend = tokenizers.Tokenizer(
+        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    )
     pre = file.get("tokenizer.ggml.pre", "default")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in _DIGITS_THEN_GPT2:
         backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
         )
     else:
         split = pre_tokenizers.Split(Regex(_SPLITS.get(pre, _GPT2_SPLIT)), behavior="isolated")
@@ -201,10 +213,18 @@ def tokenizer_from_gguf(file: GGUFFile):
     backend.decoder = decoders.ByteLevel()
     control, user_defined = 3, 4
     backend.add_special_tokens(
-        [tokenizers.AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, token_types) if k == control]
+        [
+            tokenizers.AddedToken(t, special=True, normalized=False)
+            for t, k in zip(tokens, token_types, strict=True)
+            if k == control
+        ]
     )
     backend.add_tokens(
-        [tokenizers.AddedToken(t, normalized=False) for t, k in zip(tokens, token_types) if k == user_defined]
+        [
+            tokenizers.AddedToken(t, normalized=False)
+            for t, k in zip(tokens, token_types, strict=True)
+            if k == user_defined
+        ]
     )
     eos = file.get("tokenizer.ggml.eos_token_id")
     eot = file.get("tokenizer.ggml.eot_token_id")

@@ -24,7 +24,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
     model_type = hf.get("model_type")
     if model_type == "gpt2":
         if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-            raise CheckpointError(f"{source}: GPT-2 variants with scale_attn_by_inverse_layer_idx are not supported")
+            raise CheckpointError(
+                f"{source}: GPT-2 variants with scale_attn_by_inverse_layer_idx are not supported"
+            )
         return GPTConfig(
             vocab_size=hf["vocab_size"],
             n_layer=hf["n_layer"],
@@ -41,7 +43,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
         )
     if model_type == "llama":
         rope = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        scaling = hf.get("rope_scaling") or (
+            rope if rope.get("rope_type", "default") != "default" else None
+        )
         n_head = hf["num_attention_heads"]
         return GPTConfig(
             vocab_size=hf["vocab_size"],
@@ -101,7 +105,11 @@ _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq
 def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
     rules = []
     for pattern, target in table.items():
-        regex = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+        regex = (
+            re.escape(pattern)
+            .replace(r"\{i\}", r"(?P<i>\d+)")
+            .replace(r"\{p\}", r"(?P<p>weight|bias)")
+        )
         rules.append((re.compile(regex + "$"), target))
     return rules
 
@@ -109,7 +117,9 @@ def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
 _RULES = {"gpt2": _compile(_GPT2_NAMES), "llama": _compile(_LLAMA_NAMES)}
 
 
-def rename_hf_tensors(family: str, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def rename_hf_tensors(
+    family: str, tensors: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     """HF weight names -> our names (q/k/v still separate for Llama; see `fuse_qkv`)."""
     renamed: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
@@ -143,15 +153,23 @@ def fuse_qkv(tensors: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.
     return tensors
 
 
-def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_into(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
+) -> None:
     """Copy tensors into the model, checking that names and shapes match exactly."""
     if model.config.tie_embeddings:
         tensors.pop("lm_head.weight", None)
-    expected = {k: v for k, v in model.state_dict().items() if not (model.config.tie_embeddings and k == "lm_head.weight")}
+    expected = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (model.config.tie_embeddings and k == "lm_head.weight")
+    }
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"{source}: tensors do not match the architecture; missing {missing[:5]}, unexpected {extra[:5]}")
+        raise CheckpointError(
+            f"{source}: tensors do not match the architecture; missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(
@@ -184,7 +202,9 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as exc:  # truncated or corrupted file: name it
-        raise CheckpointError(f"{directory}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{directory}: cannot read the weights ({type(exc).__name__}: {exc})"
+        ) from exc
     raise CheckpointError(
         f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
@@ -193,7 +213,9 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 def read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.exists():
-        raise CheckpointError(f"{directory}: no config.json; is this a Hugging Face model directory?")
+        raise CheckpointError(
+            f"{directory}: no config.json; is this a Hugging Face model directory?"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

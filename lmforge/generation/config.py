@@ -55,7 +55,10 @@ class GenerationConfig:
             return False
         if self.do_sample is not None:
             return self.do_sample
-        return any(v is not None for v in (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p))
+        return any(
+            v is not None
+            for v in (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p)
+        )
 
     def validate(self) -> None:
         def check(name: str, ok: bool, expected: str) -> None:
@@ -64,39 +67,89 @@ class GenerationConfig:
 
         def number(name: str) -> bool:
             value = getattr(self, name)
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
 
-        check("max_new_tokens", isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0, "an integer >= 0")
+        check(
+            "max_new_tokens",
+            isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+            "an integer >= 0",
+        )
         if self.temperature is not None:
             check("temperature", number("temperature") and self.temperature >= 0, "a number >= 0")
         if self.top_k is not None:
-            check("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 disables)")
+            check(
+                "top_k",
+                isinstance(self.top_k, int) and self.top_k >= 0,
+                "an integer >= 0 (0 disables)",
+            )
         if self.top_p is not None:
             check("top_p", number("top_p") and 0 < self.top_p <= 1, "a number in (0, 1]")
         if self.min_p is not None:
             check("min_p", number("min_p") and 0 <= self.min_p <= 1, "a number in [0, 1]")
         if self.typical_p is not None:
-            check("typical_p", number("typical_p") and 0 < self.typical_p <= 1, "a number in (0, 1]")
+            check(
+                "typical_p", number("typical_p") and 0 < self.typical_p <= 1, "a number in (0, 1]"
+            )
         if self.repetition_penalty is not None:
-            check("repetition_penalty", number("repetition_penalty") and self.repetition_penalty > 0, "a number > 0")
+            check(
+                "repetition_penalty",
+                number("repetition_penalty") and self.repetition_penalty > 0,
+                "a number > 0",
+            )
         for name in ("frequency_penalty", "presence_penalty"):
-            check(name, number(name) and -2 <= getattr(self, name) <= 2, "a number in [-2, 2] (OpenAI's range)")
-        check("no_repeat_ngram_size", isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0, "an integer >= 0")
-        check("num_beams", isinstance(self.num_beams, int) and self.num_beams >= 1, "an integer >= 1")
+            check(
+                name,
+                number(name) and -2 <= getattr(self, name) <= 2,
+                "a number in [-2, 2] (OpenAI's range)",
+            )
+        check(
+            "no_repeat_ngram_size",
+            isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
+            "an integer >= 0",
+        )
+        check(
+            "num_beams", isinstance(self.num_beams, int) and self.num_beams >= 1, "an integer >= 1"
+        )
         check("length_penalty", number("length_penalty"), "a finite number")
-        check("early_stopping", self.early_stopping in (True, False, "never"), "True, False or 'never'")
+        check(
+            "early_stopping",
+            self.early_stopping in (True, False, "never"),
+            "True, False or 'never'",
+        )
         check(
             "num_return_sequences",
             isinstance(self.num_return_sequences, int) and self.num_return_sequences >= 1,
             "an integer >= 1",
         )
         if self.num_beams > 1:
-            check("num_return_sequences", self.num_return_sequences <= self.num_beams, f"<= num_beams={self.num_beams}")
-        check("stop", isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "a list of non-empty strings")
-        check("top_logprobs", isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= 20, "an integer in [0, 20]")
+            check(
+                "num_return_sequences",
+                self.num_return_sequences <= self.num_beams,
+                f"<= num_beams={self.num_beams}",
+            )
+        check(
+            "stop",
+            isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
+            "a list of non-empty strings",
+        )
+        check(
+            "top_logprobs",
+            isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= 20,
+            "an integer in [0, 20]",
+        )
         check("truncate", self.truncate in (None, "left"), "None or 'left'")
         for token, bias in self.logit_bias.items():
-            if not isinstance(token, int) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-                raise ConfigError(f"logit_bias entry {token!r}: {bias!r} is invalid; expected token id (int) -> number")
+            if (
+                not isinstance(token, int)
+                or not isinstance(bias, (int, float))
+                or not math.isfinite(bias)
+            ):
+                raise ConfigError(
+                    f"logit_bias entry {token!r}: {bias!r} is invalid; expected token id (int) -> number"
+                )
         if self.seed is not None:
             check("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0")

@@ -63,7 +63,9 @@ class FrequencyPresencePenalty:
 
     def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
         generated = history.tokens[:, history.prompt_len :]
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
         return scores - counts * self.frequency - (counts > 0).to(scores.dtype) * self.presence
 
 
@@ -81,7 +83,9 @@ class NoRepeatNGram:
                 continue
             prefix = tuple(seq[len(seq) - self.n + 1 :])
             banned = [
-                seq[i + self.n - 1] for i in range(len(seq) - self.n + 1) if tuple(seq[i : i + self.n - 1]) == prefix
+                seq[i + self.n - 1]
+                for i in range(len(seq) - self.n + 1)
+                if tuple(seq[i : i + self.n - 1]) == prefix
             ]
             if banned:
                 scores[row, banned] = -float("inf")

@@ -46,15 +46,23 @@ class StreamEvent:
     finish_reason: str | None = None
 
 
-def prepare_prompts(prompts: list[list[int]], tokenizer: Tokenizer, context: int, config: GenerationConfig):
+def prepare_prompts(
+    prompts: list[list[int]], tokenizer: Tokenizer, context: int, config: GenerationConfig
+):
     """Empty prompts start from BOS; prompts too long for the context are an error or cut on the left."""
     prepared = []
     for i, ids in enumerate(prompts):
         ids = list(ids)
         if not ids:
-            start = tokenizer.bos_id if tokenizer.bos_id is not None else (tokenizer.eos_ids or [None])[0]
+            start = (
+                tokenizer.bos_id
+                if tokenizer.bos_id is not None
+                else (tokenizer.eos_ids or [None])[0]
+            )
             if start is None:
-                raise ConfigError(f"prompt {i} is empty and the tokenizer has no BOS token to start from")
+                raise ConfigError(
+                    f"prompt {i} is empty and the tokenizer has no BOS token to start from"
+                )
             ids = [start]
         room = context - 1 if config.max_new_tokens else context
         if len(ids) > room:
@@ -85,11 +93,15 @@ def _max_new(prompts: list[list[int]], context: int, config: GenerationConfig) -
 
 def _top(log_probs: torch.Tensor, k: int) -> list[dict[int, float]]:
     values, ids = torch.topk(log_probs, k, dim=-1)
-    return [dict(zip(i.tolist(), v.tolist())) for i, v in zip(ids, values)]
+    return [
+        dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(ids, values, strict=True)
+    ]
 
 
 @torch.inference_mode()
-def stream_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> Iterator[StreamEvent]:
+def stream_tokens(
+    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+) -> Iterator[StreamEvent]:
     """Greedy or sampled generation for a batch of prompts, yielding each new token as it comes."""
     if config.num_beams > 1:
         raise ConfigError("num_beams > 1 cannot stream; use generate()")
@@ -97,7 +109,11 @@ def stream_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config:
     prompts = prepare_prompts(prompts, tokenizer, context, config)
     rows = len(prompts)
     max_new = _max_new(prompts, context, config)
-    eos = set() if config.ignore_eos else set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    eos = (
+        set()
+        if config.ignore_eos
+        else set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    )
     steps = build_processors(config, model.config.vocab_size)
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
 
@@ -143,20 +159,24 @@ def stream_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config:
                 elif step == max_new - 1:
                     reason, text = "length", text + assemblers[row].finish()
             finished[row] = reason is not None
-            yield StreamEvent(row, token, chosen_logprobs[row], text, tops[row] if tops else None, reason)
+            yield StreamEvent(
+                row, token, chosen_logprobs[row], text, tops[row] if tops else None, reason
+            )
         if all(finished):
             return
         logits, cache = model(choice[:, None], cache, next_positions, None, last_only=True)
         next_positions = next_positions + 1
 
 
-def generate_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
+def generate_tokens(
+    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+) -> list[Completion]:
     """Run `stream_tokens` to the end and collect one `Completion` per prompt row."""
     if config.num_beams > 1:
         return beam_search(model, tokenizer, prompts, config)
     results = [Completion([], "", [], "length", 0) for _ in prompts]
     prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
-    for result, ids in zip(results, prepared):
+    for result, ids in zip(results, prepared, strict=True):
         result.prompt_tokens = len(ids)
     for event in stream_tokens(model, tokenizer, prompts, config):
         result = results[event.index]
@@ -172,17 +192,25 @@ def generate_tokens(model, tokenizer: Tokenizer, prompts: list[list[int]], confi
 
 
 @torch.inference_mode()
-def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig) -> list[Completion]:
+def beam_search(
+    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+) -> list[Completion]:
     """Beam search with transformers' semantics (length_penalty, early_stopping, the heuristic
     stop), vectorised over prompts x beams. Returns `num_return_sequences` completions per prompt,
     best first, flattened."""
     if config.sampling:
-        raise ConfigError("beam search here is deterministic; drop the sampling options or set num_beams=1")
+        raise ConfigError(
+            "beam search here is deterministic; drop the sampling options or set num_beams=1"
+        )
     context = model.max_seq_len
     prompts = prepare_prompts(prompts, tokenizer, context, config)
     batch, beams = len(prompts), config.num_beams
     max_new = _max_new(prompts, context, config)
-    eos_ids = [] if config.ignore_eos else list(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    eos_ids = (
+        []
+        if config.ignore_eos
+        else list(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+    )
     steps = build_processors(config, model.config.vocab_size)
 
     tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id)
@@ -217,14 +245,20 @@ def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: G
     while max_new > 0:
         raw = torch.log_softmax(logits[:, -1].float(), dim=-1)
         vocab = raw.shape[-1]
-        history = History(running[:, :, :cur_len].reshape(batch * beams, -1), valid[:, :, :cur_len].reshape(batch * beams, -1), prompt_len)
+        history = History(
+            running[:, :, :cur_len].reshape(batch * beams, -1),
+            valid[:, :, :cur_len].reshape(batch * beams, -1),
+            prompt_len,
+        )
         scored = apply_processors(steps, history, raw)
         scored = (scored.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
         top_scores, top_index = torch.topk(scored, keep)
         parent, token = top_index // vocab, top_index % vocab
         cand = running.gather(1, parent[:, :, None].expand(-1, -1, max_length)).clone()
         cand[:, :, cur_len] = token
-        cand_lp = running_lp.gather(1, parent[:, :, None].expand(-1, -1, running_lp.shape[2])).clone()
+        cand_lp = running_lp.gather(
+            1, parent[:, :, None].expand(-1, -1, running_lp.shape[2])
+        ).clone()
         cand_lp[:, :, cur_len - prompt_len] = raw.view(batch, -1).gather(1, top_index)
         hits = torch.isin(token, eos_tensor) | (cur_len + 1 >= max_length)
 
@@ -241,13 +275,20 @@ def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: G
         # Candidates among the top `beams` that just finished compete for the final list.
         just_finished = hits & top_mask[None, :]
         final = top_scores / ((cur_len + 1 - prompt_len) ** config.length_penalty)
-        final = final + (finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)).float() * -1e9
+        final = (
+            final
+            + (finished.all(dim=-1, keepdim=True) & (config.early_stopping is True)).float() * -1e9
+        )
         final = final + (~improvable).float() * -1e9
         final = final + (~just_finished).float() * -1e9
         merged_scores = torch.cat((beam_scores, final), dim=1)
         best = torch.topk(merged_scores, beams).indices
-        sequences = torch.cat((sequences, cand), dim=1).gather(1, best[:, :, None].expand(-1, -1, max_length))
-        seq_lp = torch.cat((seq_lp, cand_lp), dim=1).gather(1, best[:, :, None].expand(-1, -1, seq_lp.shape[2]))
+        sequences = torch.cat((sequences, cand), dim=1).gather(
+            1, best[:, :, None].expand(-1, -1, max_length)
+        )
+        seq_lp = torch.cat((seq_lp, cand_lp), dim=1).gather(
+            1, best[:, :, None].expand(-1, -1, seq_lp.shape[2])
+        )
         new_lengths = torch.full((batch, keep), cur_len + 1 - prompt_len, dtype=torch.long)
         lengths = torch.cat((lengths, new_lengths), dim=1).gather(1, best)
         finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
@@ -260,12 +301,18 @@ def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: G
         else:
             best_length = cur_len - prompt_len
         best_running = running_scores[:, :1] / (best_length**config.length_penalty)
-        worst_final = torch.where(finished, beam_scores.min(dim=1, keepdim=True).values, torch.tensor(-1e9))
+        worst_final = torch.where(
+            finished, beam_scores.min(dim=1, keepdim=True).values, torch.tensor(-1e9)
+        )
         improvable = improvable & (best_running > worst_final).any(dim=-1, keepdim=True)
-        keep_going = bool(improvable.any()) and not (bool(finished.all()) and config.early_stopping is True)
+        keep_going = bool(improvable.any()) and not (
+            bool(finished.all()) and config.early_stopping is True
+        )
         if not keep_going or bool(hits.all()):
             break
-        logits, cache = model(running[:, :, cur_len - 1].reshape(-1, 1), cache, next_positions, None, last_only=True)
+        logits, cache = model(
+            running[:, :, cur_len - 1].reshape(-1, 1), cache, next_positions, None, last_only=True
+        )
         next_positions = next_positions + 1
 
     results = []
@@ -282,6 +329,13 @@ def beam_search(model, tokenizer: Tokenizer, prompts: list[list[int]], config: G
             if assembler.stopped:
                 reason = "stop"
             results.append(
-                Completion(ids, assembler.text, seq_lp[b, k, :n].tolist(), reason, len(prompts[b]), score=float(beam_scores[b, k]))
+                Completion(
+                    ids,
+                    assembler.text,
+                    seq_lp[b, k, :n].tolist(),
+                    reason,
+                    len(prompts[b]),
+                    score=float(beam_scores[b, k]),
+                )
             )
     return results

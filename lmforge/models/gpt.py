@@ -41,7 +41,9 @@ class GPTConfig:
     out_bias: bool = True
     mlp_bias: bool = True
     tie_embeddings: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # family name, source info; not used by the model
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # family name, source info; not used by the model
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -50,12 +52,20 @@ class GPTConfig:
             self.d_ff = 4 * self.d_model
         if self.head_dim is None:
             self.head_dim = self.d_model // self.n_head
-        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "position": ("learned", "rope")}
+        choices = {
+            "norm": ("layernorm", "rmsnorm"),
+            "mlp": ("gelu", "swiglu"),
+            "position": ("learned", "rope"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"GPTConfig.{name}={getattr(self, name)!r}; expected one of {allowed}")
+                raise ConfigError(
+                    f"GPTConfig.{name}={getattr(self, name)!r}; expected one of {allowed}"
+                )
         if self.n_head % self.n_kv_head:
-            raise ConfigError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+            raise ConfigError(
+                f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +78,9 @@ class KVCache:
     batch of prompts of different lengths is left-padded and the padding slots are marked invalid.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
+    def __init__(
+        self, config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype, device
+    ):
         shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -84,7 +96,9 @@ class KVCache:
         """Claim the next `n_tokens` slots (marking padding from `mask`); return the first slot."""
         start = self.length
         if start + n_tokens > self.max_len:
-            raise ConfigError(f"KV cache full: {start} + {n_tokens} tokens exceed max_len={self.max_len}")
+            raise ConfigError(
+                f"KV cache full: {start} + {n_tokens} tokens exceed max_len={self.max_len}"
+            )
         if mask is not None:
             self.valid[:, start : start + n_tokens] = mask
             self.has_padding = self.has_padding or not bool(mask.all())
@@ -108,7 +122,9 @@ class KVCache:
 def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
     """RoPE frequencies, with the checkpoint's scaling ("linear" or Llama 3's "llama3")."""
     dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv_freq = 1.0 / (
+        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    )
     scaling = config.rope_scaling or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
@@ -125,7 +141,9 @@ def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
         return torch.where(is_medium, smoothed, scaled)
-    raise ConfigError(f"rope_scaling type {rope_type!r} is not supported; supported: default, linear, llama3")
+    raise ConfigError(
+        f"rope_scaling type {rope_type!r} is not supported; supported: default, linear, llama3"
+    )
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +157,11 @@ class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = (
+            config.n_head,
+            config.n_kv_head,
+            config.head_dim,
+        )
         qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
         self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.out_bias)
@@ -175,7 +197,9 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
         self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
-        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias) if self.swiglu else None
+        self.gate = (
+            nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias) if self.swiglu else None
+        )
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
@@ -225,7 +249,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
+        self.pos_embed = (
+            nn.Embedding(config.max_seq_len, config.d_model)
+            if config.position == "learned"
+            else None
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -242,7 +270,9 @@ class GPT(nn.Module):
         """A KV cache for `batch_size` rows of up to `max_len` tokens (default: the context length)."""
         max_len = max_len or self.config.max_seq_len
         if max_len > self.config.max_seq_len:
-            raise ConfigError(f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}")
+            raise ConfigError(
+                f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}"
+            )
         weight = self.embed.weight
         return KVCache(self.config, batch_size, max_len, weight.dtype, weight.device)
 
@@ -265,7 +295,9 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
         if int(positions.max()) >= self.config.max_seq_len and self.pos_embed is not None:
-            raise ConfigError(f"position {int(positions.max())} is beyond the context length {self.config.max_seq_len}")
+            raise ConfigError(
+                f"position {int(positions.max())} is beyond the context length {self.config.max_seq_len}"
+            )
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
@@ -285,7 +317,9 @@ class GPT(nn.Module):
     @staticmethod
     def _attention_mask(cache: KVCache | None, start: int, seq: int, mask: torch.Tensor | None):
         """Boolean (batch, 1, seq, keys) mask, or None when plain causal attention is exact."""
-        padded = (cache.has_padding if cache is not None else False) or (mask is not None and not bool(mask.all()))
+        padded = (cache.has_padding if cache is not None else False) or (
+            mask is not None and not bool(mask.all())
+        )
         if not padded and start == 0:
             return None  # SDPA's is_causal
         if not padded and seq == 1:
@@ -295,10 +329,7 @@ class GPT(nn.Module):
         query_slots = torch.arange(start, n_keys, device=device)[:, None]
         key_slots = torch.arange(n_keys, device=device)[None, :]
         causal = key_slots <= query_slots
-        if cache is not None:
-            valid = cache.valid[:, :n_keys]
-        else:
-            valid = mask
+        valid = cache.valid[:, :n_keys] if cache is not None else mask
         allowed = causal[None] & valid[:, None, :]
         # A padding query would see no key at all (NaN rows); let it see itself.
         allowed = allowed | (key_slots == query_slots)[None]

@@ -43,20 +43,31 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; BOS is prepended when the model expects it."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
-        if add_special_tokens and self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+        if (
+            add_special_tokens
+            and self.add_bos
+            and self.bos_id is not None
+            and ids[:1] != [self.bos_id]
+        ):
             ids = [self.bos_id, *ids]
         return ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
         """Render a conversation with the model's own Jinja chat template (as transformers does)."""
         if not self.chat_template:
-            raise ConfigError("this model has no chat template; use plain generation (a prompt, not messages)")
+            raise ConfigError(
+                "this model has no chat template; use plain generation (a prompt, not messages)"
+            )
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ConfigError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
+                raise ConfigError(
+                    f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}"
+                )
         template = _compile_template(self.chat_template)
         return template.render(
             messages=messages,
@@ -71,7 +82,9 @@ class Tokenizer:
     # --- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def from_hf_directory(cls, directory: Path, generation_config: dict[str, Any] | None = None) -> Tokenizer:
+    def from_hf_directory(
+        cls, directory: Path, generation_config: dict[str, Any] | None = None
+    ) -> Tokenizer:
         """Load `tokenizer.json` (or `vocab.json` + `merges.txt`) with `tokenizer_config.json`."""
         config_path = directory / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
@@ -115,14 +128,18 @@ def byte_level_bpe(vocab_file: Path, merges_file: Path) -> tokenizers.Tokenizer:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     if backend.token_to_id("<|endoftext|>") is not None:
-        backend.add_special_tokens([tokenizers.AddedToken("<|endoftext|>", special=True, normalized=False)])
+        backend.add_special_tokens(
+            [tokenizers.AddedToken("<|endoftext|>", special=True, normalized=False)]
+        )
     return backend
 
 
 def _add_special_tokens_from_config(backend: tokenizers.Tokenizer, config: dict[str, Any]) -> None:
     decoder = config.get("added_tokens_decoder") or {}
     specials = [
-        tokenizers.AddedToken(entry["content"], special=True, normalized=entry.get("normalized", False))
+        tokenizers.AddedToken(
+            entry["content"], special=True, normalized=entry.get("normalized", False)
+        )
         for entry in decoder.values()
         if entry.get("special")
     ]
@@ -144,6 +161,8 @@ def _compile_template(source: str):
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
-        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(
+            value, ensure_ascii=False, indent=indent
+        )
         _TEMPLATES[source] = env.from_string(source)
     return _TEMPLATES[source]
