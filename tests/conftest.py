@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GPT2_TOKENIZER = SHARED_DATA / "gpt2-tokenizer"
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
+# Converted-model cache of this test session: starts empty, so the first load tests conversion.
+os.environ["LMFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-test-cache-")
 
 
 def write_gpt2_tokenizer(directory: Path) -> None:

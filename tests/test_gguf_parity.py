@@ -57,3 +57,32 @@ def test_chat_template_and_eos_come_from_metadata(smollm):
     )
     assert reply.finish_reason == "eos"
     assert "Paris" in reply.text
+
+
+def test_cached_conversion_gives_identical_model(smollm, smollm_path):
+    import lmforge
+    from lmforge.checkpoints import cache
+
+    entry = cache.entry_for(smollm_path)
+    assert entry.exists()  # written by the first load
+    again = lmforge.load(smollm_path)
+    x = torch.tensor([smollm.tokenizer.encode(PASSAGE)])
+    with torch.no_grad():
+        assert torch.equal(again.model(x)[0], smollm.model(x)[0])
+    assert again.tokenizer.encode(PASSAGE) == smollm.tokenizer.encode(PASSAGE)
+    assert again.tokenizer.eos_ids == smollm.tokenizer.eos_ids
+    assert again.tokenizer.chat_template == smollm.tokenizer.chat_template
+
+
+def test_corrupt_cache_entry_falls_back_to_the_file(tmp_path, monkeypatch, smollm_path):
+    import lmforge
+    from lmforge.checkpoints import cache
+
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+    entry = cache.entry_for(smollm_path)
+    entry.mkdir(parents=True)
+    (entry / "lmforge_config.json").write_text("{not json")
+    lm = lmforge.load(smollm_path)
+    assert (
+        lm.generate("The capital of France is", max_new_tokens=2).text.strip().startswith("Paris")
+    )

@@ -82,7 +82,9 @@ def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source:
 
     with torch.device("meta"):
         model = GPT(config)
-    load_state_dict_into(model, fuse_qkv(tensors, config.n_layer), source)
+    if any(".attn.q." in name for name in tensors):
+        tensors = fuse_qkv(tensors, config.n_layer)
+    load_state_dict_into(model, tensors, source)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     if config.position == "rope":
@@ -91,6 +93,7 @@ def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
+    from lmforge.checkpoints import cache
     from lmforge.checkpoints.gguf import (
         GGUFFile,
         config_from_gguf,
@@ -98,10 +101,18 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
         weights_from_gguf,
     )
 
+    entry = cache.entry_for(path)
+    cached = cache.load_converted(entry) if entry is not None and entry.exists() else None
+    if cached is not None:
+        config, tensors, tokenizer = cached
+        return Checkpoint(_build(config, tensors, dtype, str(path)), tokenizer, path, {})
     file = GGUFFile(path)
     config = config_from_gguf(file)
-    model = _build(config, weights_from_gguf(file, config), dtype, str(path))
-    return Checkpoint(model, tokenizer_from_gguf(file), path, {})
+    model = _build(config, weights_from_gguf(file, config), torch.float32, str(path))
+    tokenizer = tokenizer_from_gguf(file)
+    if entry is not None:
+        cache.save_converted(entry, model, tokenizer)
+    return Checkpoint(model.to(dtype), tokenizer, path, {})
 
 
 def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:

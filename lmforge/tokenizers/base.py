@@ -79,7 +79,28 @@ class Tokenizer:
     def _token_text(self, token_id: int | None) -> str:
         return (self.backend.id_to_token(token_id) or "") if token_id is not None else ""
 
-    # --- loading -----------------------------------------------------------------------------
+    # --- saving and loading --------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write `tokenizer.json`, `tokenizer_config.json` and the EOS ids as Hugging Face lays them out."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {
+            "bos_token": self._token_text(self.bos_id) or None,
+            "eos_token": self._token_text(self.eos_ids[0] if self.eos_ids else None) or None,
+            "pad_token": self._token_text(self.pad_id) or None,
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+        }
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps(config, ensure_ascii=False, indent=1)
+        )
+        generation = {
+            "bos_token_id": self.bos_id,
+            "eos_token_id": self.eos_ids,
+            "pad_token_id": self.pad_id,
+        }
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=1))
 
     @classmethod
     def from_hf_directory(
