@@ -1,10 +1,10 @@
 """Generation speed: lmforge vs transformers on the embedded SmolLM2-135M GGUF, measured in one run.
 
-Both load the same GGUF file and get the same prompt token ids, greedy, fp32, same thread count.
+Both load the same GGUF file and get the same prompt token ids, greedy, same dtype and thread count.
 Prints decode tokens/s at batch 1 and 8 (128 new tokens), prefill tokens/s for a 512-token prompt,
 and process start to first token, with the ratio lmforge / transformers.
 
-    .venv/bin/python benchmarks/generate_speed.py [--runs 3] [--threads 2] [--skip-start]
+    .venv/bin/python benchmarks/generate_speed.py [--runs 3] [--threads 2] [--dtype bfloat16] [--skip-start]
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def median_time(fn, runs: int) -> float:
 class Lmforge:
     name = "lmforge"
 
-    def __init__(self, path):
+    def __init__(self, path, dtype: str):
         import lmforge
 
-        self.lm = lmforge.load(path)
+        self.lm = lmforge.load(path, dtype=dtype)
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> None:
         self.lm.generate(prompts, max_new_tokens=new_tokens, ignore_eos=True)
@@ -58,11 +58,11 @@ class Lmforge:
 class Transformers:
     name = "transformers"
 
-    def __init__(self, path):
+    def __init__(self, path, dtype: str):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
+            path.parent, gguf_file=path.name, dtype=getattr(torch, dtype)
         ).eval()
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> None:
@@ -114,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
         "--skip-start", action="store_true", help="skip the start-to-first-token measurement"
     )
@@ -131,7 +132,7 @@ def main() -> None:
     table: dict[str, dict[str, float]] = {}
     for peer_class in (Lmforge, Transformers):
         print(f"measuring {peer_class.name} ...", file=sys.stderr, flush=True)
-        peer = peer_class(path)
+        peer = peer_class(path, args.dtype)
         table[peer_class.name] = measure(peer, ids_short, ids_long, args.runs)
         del peer
         if not args.skip_start:
@@ -140,7 +141,7 @@ def main() -> None:
             )
 
     print(
-        f"\nSmolLM2-135M ({path.name}), fp32, greedy, {args.threads} threads, median of {args.runs} runs, torch {torch.__version__}\n"
+        f"\nSmolLM2-135M ({path.name}), {args.dtype}, greedy, {args.threads} threads, median of {args.runs} runs, torch {torch.__version__}\n"
     )
     print("| metric | lmforge | transformers | lmforge / transformers |\n|---|---:|---:|---:|")
     for metric in table["lmforge"]:
