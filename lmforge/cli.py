@@ -245,7 +245,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    args.model = args.model_name
     lm = _load(args)
     info = lm.info()
     if args.json:
@@ -292,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     info = verbs.add_parser("info", help="architecture, parameters, context, tokenizer of a model")
-    info.add_argument("model_name", nargs="?", default=None, metavar="MODEL")
+    info.add_argument("model", nargs="?", default=None, metavar="MODEL")
     info.add_argument("--json", action="store_true")
     info.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     info.set_defaults(func=cmd_info)

@@ -70,9 +70,14 @@ def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype = torch.float32
     path = resolve(name_or_path)
     if path.is_dir():
         return _load_hf_directory(path, dtype)
-    if path.suffix == ".gguf" or path.read_bytes()[:4] == b"GGUF":
+    if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
         return _load_gguf(path, dtype)
     raise CheckpointError(f"{path}: expected a .gguf file or a Hugging Face model directory")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> GPT:
@@ -102,7 +107,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
     )
 
     entry = cache.entry_for(path)
-    cached = cache.load_converted(entry) if entry is not None and entry.exists() else None
+    cached = cache.load_converted(entry) if entry is not None else None
     if cached is not None:
         config, tensors, tokenizer = cached
         return Checkpoint(_build(config, tensors, dtype, str(path)), tokenizer, path, {})
@@ -126,7 +131,8 @@ def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:
     hf_config = read_hf_config(directory)
     config = config_from_hf(hf_config, str(directory / "config.json"))
     config.extra.update(
-        source_format="huggingface", quantization=str(hf_config.get("torch_dtype", "float32"))
+        source_format="huggingface",
+        quantization=str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"),
     )
     tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
     model = _build(config, tensors, dtype, str(directory))

@@ -66,16 +66,19 @@ def save_converted(entry: Path, model, tokenizer) -> None:
 def load_converted(entry: Path):
     """(config, tensors, tokenizer) from a cache entry, or None if it is missing or unreadable
     (an unreadable entry is removed, so the next conversion can replace it)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from lmforge.tokenizers import Tokenizer
 
+    if not entry.exists():
+        return None
     try:
         config = GPTConfig(**json.loads((entry / "lmforge_config.json").read_text()))
         tensors: dict[str, torch.Tensor] = load_file(entry / "model.safetensors")
         generation = json.loads((entry / "generation_config.json").read_text())
         tokenizer = Tokenizer.from_hf_directory(entry, generation)
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, SafetensorError):
         shutil.rmtree(entry, ignore_errors=True)
         return None
     return config, tensors, tokenizer

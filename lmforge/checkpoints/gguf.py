@@ -9,6 +9,7 @@ does), and rebuild the tokenizer from the vocabulary and merges stored in the fi
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,12 @@ def tokenizer_from_gguf(file: GGUFFile):
             ]
         )
     else:
+        if pre not in _SPLITS:
+            warnings.warn(
+                f"{file.path}: pre-tokenizer {pre!r} is not known to lmforge; using GPT-2's split, "
+                "so token ids may differ from the model's own tokenizer",
+                stacklevel=2,
+            )
         split = pre_tokenizers.Split(Regex(_SPLITS.get(pre, _GPT2_SPLIT)), behavior="isolated")
         backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
     backend.decoder = decoders.ByteLevel()

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints: `config.json` and weight names mapped onto our `GPT`.
 
-One place holds the mapping for each supported family, so GGUF loading reuses it too: a GGUF
-file's metadata becomes an HF-style config and its tensors HF-style names.
+One table per supported family maps HF tensor names to ours; `fuse_qkv` and
+`load_state_dict_into` are shared with GGUF loading, which has its own name table.
 """
 
 from __future__ import annotations

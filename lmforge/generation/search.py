@@ -36,11 +36,12 @@ class Completion:
 
 @dataclass
 class StreamEvent:
-    """One new token of sequence `index`: its id, log-probability and the text it adds."""
+    """One new token of sequence `index`: its id, log-probability and the text it adds.
+    `token_id` is None only for a sequence that ends with no token (max_new_tokens=0)."""
 
     index: int
-    token_id: int
-    logprob: float
+    token_id: int | None
+    logprob: float | None
     text: str
     top_logprobs: dict[int, float] | None = None
     finish_reason: str | None = None
@@ -98,17 +99,23 @@ def _top(log_probs: torch.Tensor, k: int) -> list[dict[int, float]]:
     ]
 
 
-@torch.inference_mode()
 def stream_tokens(
     model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
 ) -> Iterator[StreamEvent]:
     """Greedy or sampled generation for a batch of prompts, yielding each new token as it comes."""
     if config.num_beams > 1:
         raise ConfigError("num_beams > 1 cannot stream; use generate()")
-    context = model.max_seq_len
-    prompts = prepare_prompts(prompts, tokenizer, context, config)
+    prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
+    return _stream_prepared(model, tokenizer, prepared, config)
+
+
+@torch.inference_mode()
+def _stream_prepared(
+    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+) -> Iterator[StreamEvent]:
+    """The decode loop, for prompts already checked by `prepare_prompts`."""
     rows = len(prompts)
-    max_new = _max_new(prompts, context, config)
+    max_new = _max_new(prompts, model.max_seq_len, config)
     eos = (
         set()
         if config.ignore_eos
@@ -126,7 +133,7 @@ def stream_tokens(
     finished = [False] * rows
     if max_new <= 0:
         for row in range(rows):
-            yield StreamEvent(row, -1, 0.0, "", None, "length")
+            yield StreamEvent(row, None, None, "", None, "length")
         return
 
     cache = model.new_cache(rows, prompt_len + max_new)
@@ -171,16 +178,14 @@ def stream_tokens(
 def generate_tokens(
     model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
 ) -> list[Completion]:
-    """Run `stream_tokens` to the end and collect one `Completion` per prompt row."""
+    """Run the decode loop to the end and collect one `Completion` per prompt row."""
     if config.num_beams > 1:
         return beam_search(model, tokenizer, prompts, config)
-    results = [Completion([], "", [], "length", 0) for _ in prompts]
     prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
-    for result, ids in zip(results, prepared, strict=True):
-        result.prompt_tokens = len(ids)
-    for event in stream_tokens(model, tokenizer, prompts, config):
+    results = [Completion([], "", [], "length", len(ids)) for ids in prepared]
+    for event in _stream_prepared(model, tokenizer, prepared, config):
         result = results[event.index]
-        if event.token_id >= 0:
+        if event.token_id is not None:
             result.token_ids.append(event.token_id)
             result.logprobs.append(event.logprob)
             if event.top_logprobs is not None:

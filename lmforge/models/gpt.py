@@ -294,12 +294,13 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.reserve(seq, mask)
         if positions is None:
             positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
-        if int(positions.max()) >= self.config.max_seq_len and self.pos_embed is not None:
-            raise ConfigError(
-                f"position {int(positions.max())} is beyond the context length {self.config.max_seq_len}"
-            )
         x = self.embed(input_ids)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None:  # learned positions stop at the context length
+            last = int(positions.max())
+            if last >= self.config.max_seq_len:
+                raise ConfigError(
+                    f"position {last} is beyond the context length {self.config.max_seq_len}"
+                )
             x = x + self.pos_embed(positions)
         rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
         attn_mask = self._attention_mask(cache, start, seq, mask)
