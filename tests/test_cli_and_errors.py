@@ -16,18 +16,9 @@ def run(capsys, *argv):
 
 
 def test_generate_json(capsys, tiny_gpt2_dir):
-    code, out, _ = run(
-        capsys,
-        "generate",
-        "Hello",
-        "--model",
-        str(tiny_gpt2_dir[0]),
-        "--json",
-        "--max-new-tokens",
-        "5",
-        "--top-logprobs",
-        "2",
-    )
+    model = tiny_gpt2_dir[0]
+    argv = f"generate Hello --model {model} --json --max-new-tokens 5 --top-logprobs 2".split()
+    code, out, _ = run(capsys, *argv)
     assert code == 0
     data = json.loads(out)
     completion = data["completions"][0]
@@ -38,19 +29,9 @@ def test_generate_json(capsys, tiny_gpt2_dir):
 
 
 def test_generate_text_and_beams(capsys, tiny_gpt2_dir):
-    code, out, _ = run(
-        capsys,
-        "generate",
-        "Hi",
-        "-m",
-        str(tiny_gpt2_dir[0]),
-        "--max-new-tokens",
-        "4",
-        "--num-beams",
-        "2",
-        "-n",
-        "2",
-    )
+    model = tiny_gpt2_dir[0]
+    argv = f"generate Hi -m {model} --max-new-tokens 4 --num-beams 2 -n 2".split()
+    code, out, _ = run(capsys, *argv)
     assert code == 0 and out.count("--- ") == 2
 
 

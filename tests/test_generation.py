@@ -100,6 +100,8 @@ def test_empty_prompt_starts_from_bos(lm):
 def test_max_new_tokens_zero(lm):
     result = lm.generate("Hi", max_new_tokens=0)
     assert result.token_ids == [] and result.text == "" and result.finish_reason == "length"
+    (event,) = list(lm.stream("Hi", max_new_tokens=0))
+    assert event.token_id is None and event.finish_reason == "length"
 
 
 def test_prompt_longer_than_context(lm):

@@ -16,14 +16,10 @@ def pair(request, tiny_llama_dir, tiny_gpt2_dir):
 
 
 def hf_generate(hf_model, ids, **kwargs):
+    kwargs.setdefault("pad_token_id", 50256)
     with torch.no_grad():
         out = hf_model.generate(
-            torch.tensor([ids]),
-            do_sample=False,
-            top_k=None,
-            top_p=None,
-            pad_token_id=50256,
-            **kwargs,
+            torch.tensor([ids]), do_sample=False, top_k=None, top_p=None, **kwargs
         )
     return out[:, len(ids) :].tolist()
 
@@ -56,6 +52,38 @@ def test_beam_search_matches_transformers(pair, options):
         ours = lm.generate([ids], max_new_tokens=12, **options)
         theirs = hf_generate(hf_model, ids, max_new_tokens=12, **options)
         assert [c.token_ids for c in ours] == [strip_eos_padding(t) for t in theirs]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_beams": 4, "num_return_sequences": 4},
+        {"num_beams": 4, "length_penalty": 0.5, "early_stopping": True, "num_return_sequences": 3},
+        {
+            "num_beams": 3,
+            "length_penalty": 2.0,
+            "early_stopping": "never",
+            "num_return_sequences": 3,
+        },
+        {"num_beams": 3, "length_penalty": -1.0, "num_return_sequences": 2},
+    ],
+)
+def test_beam_search_with_finished_hypotheses_matches_transformers(pair, options):
+    """Random models never pick the real EOS, so take a token the best beam does pick as EOS:
+    hypotheses then finish at different lengths and length_penalty / early_stopping decide."""
+    lm, hf_model = pair
+    finished_on_eos = 0
+    for prompt in PROMPTS[:2]:
+        ids = lm.tokenizer.encode(prompt)
+        eos = lm.generate([ids], max_new_tokens=12, num_beams=4)[0].token_ids[3]
+        ours = lm.generate([ids], max_new_tokens=12, eos_token_ids=[eos], **options)
+        theirs = hf_generate(
+            hf_model, ids, max_new_tokens=12, eos_token_id=eos, pad_token_id=eos, **options
+        )
+        assert [c.token_ids for c in ours] == [strip_eos_padding(t, eos) for t in theirs]
+        finished_on_eos += sum(c.finish_reason == "eos" for c in ours)
+    if options.get("length_penalty", 1.0) <= 1.0:  # a strong length bonus lets longer beams win
+        assert finished_on_eos > 0
 
 
 def test_batched_equals_one_at_a_time(pair):

@@ -1,5 +1,6 @@
 """The shipped SmolLM2 GGUF in our modules vs transformers' loading of the same file."""
 
+import pytest
 import torch
 
 PASSAGE = (
@@ -74,14 +75,22 @@ def test_cached_conversion_gives_identical_model(smollm, smollm_path):
     assert again.tokenizer.chat_template == smollm.tokenizer.chat_template
 
 
-def test_corrupt_cache_entry_falls_back_to_the_file(tmp_path, monkeypatch, smollm_path):
+@pytest.mark.parametrize("damage", ["config", "weights"])
+def test_corrupt_cache_entry_falls_back_to_the_file(
+    tmp_path, monkeypatch, smollm, smollm_path, damage
+):
     import lmforge
     from lmforge.checkpoints import cache
 
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
     entry = cache.entry_for(smollm_path)
-    entry.mkdir(parents=True)
-    (entry / "lmforge_config.json").write_text("{not json")
+    cache.save_converted(entry, smollm.model, smollm.tokenizer)
+    if damage == "config":
+        (entry / "lmforge_config.json").write_text("{not json")
+    else:
+        weights = entry / "model.safetensors"
+        with weights.open("r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
     lm = lmforge.load(smollm_path)
     assert (
         lm.generate("The capital of France is", max_new_tokens=2).text.strip().startswith("Paris")
