@@ -88,7 +88,7 @@ def test_corrupt_cache_entry_falls_back_to_the_file(
     if damage == "config":
         (entry / "lmforge_config.json").write_text("{not json")
     else:
-        weights = entry / "model.safetensors"
+        weights = entry / cache.WEIGHTS_FILE
         with weights.open("r+b") as f:
             f.truncate(weights.stat().st_size // 2)
     lm = lmforge.load(smollm_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 from dataclasses import dataclass
@@ -65,13 +66,25 @@ def resolve(name_or_path: str | Path) -> Path:
     )
 
 
-def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> Checkpoint:
-    """Load a GGUF file or a Hugging Face directory into our GPT and Tokenizer."""
+def load_checkpoint(
+    name_or_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    quantize: str = "none",
+    group_size: int = 32,
+) -> Checkpoint:
+    """Load a GGUF file or a Hugging Face directory into our GPT and Tokenizer.
+
+    quantize: "none" keeps `dtype`; "bf16", "int8", "int4" (see `lmforge.quantize`) compute in
+    bfloat16 with weights of that type; `group_size` is int4's group of input columns.
+    """
+    from lmforge.quantize import _check_mode
+
+    _check_mode(quantize, group_size)
     path = resolve(name_or_path)
     if path.is_dir():
-        return _load_hf_directory(path, dtype)
+        return _load_hf_directory(path, dtype, quantize, group_size)
     if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
-        return _load_gguf(path, dtype)
+        return _load_gguf(path, dtype, quantize, group_size)
     raise CheckpointError(f"{path}: expected a .gguf file or a Hugging Face model directory")
 
 
@@ -80,24 +93,59 @@ def _starts_with(path: Path, magic: bytes) -> bool:
         return f.read(len(magic)) == magic
 
 
-def _build(config, tensors: dict[str, torch.Tensor], dtype: torch.dtype, source: str) -> GPT:
-    """Build the model on the meta device and adopt the loaded tensors as its parameters (no copy)."""
-    from lmforge.checkpoints.hf import fuse_qkv, load_state_dict_into
-    from lmforge.models.gpt import rope_inverse_frequencies
+def _build(
+    config,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    saved_quantize: str = "none",
+    group_size: int = 32,
+) -> GPT:
+    """Build the model on the meta device and adopt the loaded tensors as its parameters (no copy).
 
-    with torch.device("meta"):
+    saved_quantize: the mode `tensors` were saved in (a quantised cache entry), so the model gets
+    matching empty quantised layers before it adopts them."""
+    from lmforge.checkpoints.hf import fuse_projections, load_state_dict_into
+    from lmforge.models.gpt import rope_inverse_frequencies
+    from lmforge.quantize import prepare_quantized, retie
+
+    with torch.device("meta"), _no_weight_init():
         model = GPT(config)
-    if any(".attn.q." in name for name in tensors):
-        tensors = fuse_qkv(tensors, config.n_layer)
+    prepare_quantized(model, saved_quantize, group_size)
+    if any(".attn.q." in name or ".mlp.gate." in name for name in tensors):
+        tensors = fuse_projections(tensors, config.n_layer)
     load_state_dict_into(model, tensors, source)
     if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
+        retie(model)
     if config.position == "rope":
         model.inv_freq = rope_inverse_frequencies(config)
-    return model.to(dtype).eval()
+    return model.eval()
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
+@contextlib.contextmanager
+def _no_weight_init():
+    """Skip the random initialisation layers run when built: loaded weights replace it anyway, and
+    `normal_` on the meta device imports torch's compiler stack (about a second of start-up)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def _finish(model: GPT, dtype: torch.dtype, quantize: str, group_size: int) -> GPT:
+    """Quantise (or cast to `dtype` when not quantising) a float model."""
+    from lmforge.quantize import quantize_model
+
+    if quantize == "none":
+        return model.to(dtype)
+    return quantize_model(model, quantize, group_size)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, quantize: str, group_size: int) -> Checkpoint:
     from lmforge.checkpoints import cache
     from lmforge.checkpoints.gguf import (
         GGUFFile,
@@ -106,21 +154,32 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> Checkpoint:
         weights_from_gguf,
     )
 
-    entry = cache.entry_for(path)
+    variant = cache.variant(quantize, group_size)
+    entry = cache.entry_for(path, variant)
     cached = cache.load_converted(entry) if entry is not None else None
     if cached is not None:
         config, tensors, tokenizer = cached
-        return Checkpoint(_build(config, tensors, dtype, str(path)), tokenizer, path, {})
-    file = GGUFFile(path)
-    config = config_from_gguf(file)
-    model = _build(config, weights_from_gguf(file, config), torch.float32, str(path))
-    tokenizer = tokenizer_from_gguf(file)
+        model = _build(config, tensors, str(path), quantize, group_size)
+        return Checkpoint(model if quantize != "none" else model.to(dtype), tokenizer, path, {})
+    float_entry = cache.entry_for(path, cache.variant("none", group_size))
+    cached = cache.load_converted(float_entry) if float_entry not in (None, entry) else None
+    if cached is not None:  # quantise from the cached float conversion: no GGUF parsing
+        config, tensors, tokenizer = cached
+        model = _build(config, tensors, str(path))
+    else:
+        file = GGUFFile(path)
+        config = config_from_gguf(file)
+        model = _build(config, weights_from_gguf(file, config), str(path))
+        tokenizer = tokenizer_from_gguf(file)
+    model = _finish(model, torch.float32, quantize, group_size)
     if entry is not None:
         cache.save_converted(entry, model, tokenizer)
-    return Checkpoint(model.to(dtype), tokenizer, path, {})
+    return Checkpoint(model.to(dtype) if quantize == "none" else model, tokenizer, path, {})
 
 
-def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:
+def _load_hf_directory(
+    directory: Path, dtype: torch.dtype, quantize: str, group_size: int
+) -> Checkpoint:
     from lmforge.checkpoints.hf import (
         config_from_hf,
         read_hf_config,
@@ -135,7 +194,7 @@ def _load_hf_directory(directory: Path, dtype: torch.dtype) -> Checkpoint:
         quantization=str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"),
     )
     tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
-    model = _build(config, tensors, dtype, str(directory))
+    model = _finish(_build(config, tensors, str(directory)), dtype, quantize, group_size)
     gen_path = directory / "generation_config.json"
     generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     tokenizer = Tokenizer.from_hf_directory(directory, generation)

@@ -1,7 +1,7 @@
 """An on-disk cache of converted models, so a GGUF file is parsed and dequantised only once.
 
 A converted model is a directory: our `GPTConfig` (`lmforge_config.json`), our weights
-(`model.safetensors`, fp32, fused q/k/v) and the tokenizer in Hugging Face files. The key is the
+(`model.pt`: fp32, bf16 or quantised, fused q/k/v) and the tokenizer in Hugging Face files. The key is the
 source file's resolved path, size and modification time; the directory is written under a
 temporary name and renamed into place, so an interrupted write never leaves a half cache.
 """
@@ -19,7 +19,10 @@ import torch
 
 from lmforge.models.gpt import GPTConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# torch's own format: it aligns every tensor to 64 bytes (the int8/int4 kernels' vector loads
+# need that; safetensors packs at 8) and `torch.load(mmap=True)` maps it without a copy.
+WEIGHTS_FILE = "model.pt"
 
 
 def cache_root() -> Path | None:
@@ -32,28 +35,40 @@ def cache_root() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmforge"
 
 
-def entry_for(source: Path) -> Path | None:
+def variant(quantize: str, group_size: int) -> str:
+    """The cache-entry suffix for a quantisation mode. Packed int4/int8 layouts belong to the
+    kernels of one PyTorch build and CPU instruction set, so those are part of the name."""
+    if quantize == "none":
+        return "f32"
+    if quantize == "bf16":
+        return "bf16"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    group = f"g{group_size}-" if quantize == "int4" else ""
+    return f"{quantize}-{group}torch{torch.__version__.split('+')[0]}-{capability}"
+
+
+def entry_for(source: Path, variant_name: str = "f32") -> Path | None:
+    """The cache directory for `source` converted as `variant_name` (None if caching is off)."""
     root = cache_root()
     if root is None:
         return None
     stat = source.stat()
     key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{FORMAT_VERSION}"
-    return root / "converted" / f"{source.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return root / "converted" / f"{source.stem}-{digest}-{variant_name}"
 
 
 def save_converted(entry: Path, model, tokenizer) -> None:
     """Write a converted model atomically (temporary directory, then rename)."""
-    from safetensors.torch import save_file
-
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
     try:
         state = {
             k: v.contiguous()
             for k, v in model.state_dict().items()
-            if k != "lm_head.weight" or not model.config.tie_embeddings
+            if not (model.config.tie_embeddings and k.startswith("lm_head."))
         }
-        save_file(state, staging / "model.safetensors")
+        torch.save(state, staging / WEIGHTS_FILE)
         tokenizer.save(staging)
         (staging / "lmforge_config.json").write_text(json.dumps(model.config.to_dict(), indent=1))
         os.replace(staging, entry)
@@ -65,9 +80,11 @@ def save_converted(entry: Path, model, tokenizer) -> None:
 
 def load_converted(entry: Path):
     """(config, tensors, tokenizer) from a cache entry, or None if it is missing or unreadable
-    (an unreadable entry is removed, so the next conversion can replace it)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    (an unreadable entry is removed, so the next conversion can replace it).
+
+    The weights are memory-mapped, not read: loading costs no copy, and the pages are shared
+    by every process that uses the same model."""
+    import pickle
 
     from lmforge.tokenizers import Tokenizer
 
@@ -75,10 +92,10 @@ def load_converted(entry: Path):
         return None
     try:
         config = GPTConfig(**json.loads((entry / "lmforge_config.json").read_text()))
-        tensors: dict[str, torch.Tensor] = load_file(entry / "model.safetensors")
+        tensors = torch.load(entry / WEIGHTS_FILE, mmap=True, weights_only=True)
         generation = json.loads((entry / "generation_config.json").read_text())
         tokenizer = Tokenizer.from_hf_directory(entry, generation)
-    except (OSError, ValueError, TypeError, KeyError, SafetensorError):
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.PickleError):
         shutil.rmtree(entry, ignore_errors=True)
         return None
     return config, tensors, tokenizer

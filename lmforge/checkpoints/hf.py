@@ -1,6 +1,6 @@
 """Hugging Face checkpoints: `config.json` and weight names mapped onto our `GPT`.
 
-One table per supported family maps HF tensor names to ours; `fuse_qkv` and
+One table per supported family maps HF tensor names to ours; `fuse_projections` and
 `load_state_dict_into` are shared with GGUF loading, which has its own name table.
 """
 
@@ -120,7 +120,7 @@ _RULES = {"gpt2": _compile(_GPT2_NAMES), "llama": _compile(_LLAMA_NAMES)}
 def rename_hf_tensors(
     family: str, tensors: dict[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
-    """HF weight names -> our names (q/k/v still separate for Llama; see `fuse_qkv`)."""
+    """HF weight names -> our names (q/k/v still separate for Llama; see `fuse_projections`)."""
     renamed: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if name in ("lm_head.weight", "output.weight"):
@@ -143,13 +143,16 @@ def rename_hf_tensors(
     return renamed
 
 
-def fuse_qkv(tensors: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
-    """Concatenate separate q/k/v projections into the fused `qkv` layer our Attention uses."""
+def fuse_projections(tensors: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """Concatenate separate q/k/v projections into the fused `attn.qkv` layer, and SwiGLU's
+    gate/up into `mlp.gate_up`, the layouts our modules use."""
+    fused = {"attn": ("qkv", "qkv"), "mlp": ("gate_up", ("gate", "up"))}
     for i in range(n_layer):
-        for p in ("weight", "bias"):
-            parts = [tensors.pop(f"blocks.{i}.attn.{x}.{p}", None) for x in "qkv"]
-            if all(t is not None for t in parts):
-                tensors[f"blocks.{i}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
+        for module, (target, sources) in fused.items():
+            for p in ("weight", "bias"):
+                parts = [tensors.pop(f"blocks.{i}.{module}.{x}.{p}", None) for x in sources]
+                if all(t is not None for t in parts):
+                    tensors[f"blocks.{i}.{module}.{target}.{p}"] = torch.cat(parts, dim=0)
     return tensors
 
 
@@ -157,12 +160,11 @@ def load_state_dict_into(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
 ) -> None:
     """Copy tensors into the model, checking that names and shapes match exactly."""
-    if model.config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)
+    tied = model.config.tie_embeddings
+    if tied:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("lm_head.")}
     expected = {
-        k: v
-        for k, v in model.state_dict().items()
-        if not (model.config.tie_embeddings and k == "lm_head.weight")
+        k: v for k, v in model.state_dict().items() if not (tied and k.startswith("lm_head."))
     }
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -175,7 +177,7 @@ def load_state_dict_into(
             raise CheckpointError(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(tensors, strict=not model.config.tie_embeddings, assign=True)
+    model.load_state_dict(tensors, strict=not tied, assign=True)
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

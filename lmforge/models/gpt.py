@@ -105,6 +105,12 @@ class KVCache:
         self.length = start + n_tokens
         return start
 
+    def truncate(self, length: int) -> None:
+        """Forget every slot from `length` on (speculative decoding drops rejected tokens)."""
+        if not 0 <= length <= self.length:
+            raise ConfigError(f"cannot truncate a KV cache of {self.length} slots to {length}")
+        self.length = length
+
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Write this step's keys/values for one layer; return all keys/values so far."""
         end = start + k.shape[2]
@@ -122,9 +128,9 @@ class KVCache:
 def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
     """RoPE frequencies, with the checkpoint's scaling ("linear" or Llama 3's "llama3")."""
     dim = config.head_dim
-    inv_freq = 1.0 / (
-        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
-    )
+    # Computed on the CPU even while a model is built on the meta device (cheap, and real values).
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)
     scaling = config.rope_scaling or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
@@ -179,6 +185,15 @@ class Attention(nn.Module):
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
+        if seq == 1 and q.dtype != torch.float32:
+            # One new token sees every key, so the query heads sharing a kv head can be treated
+            # as that head's rows: one small attention per kv head. PyTorch's reduced-precision
+            # CPU kernel is several times slower on a single query row.
+            group = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(
+                q.reshape(batch, self.n_kv_head, group, self.head_dim), k, v, attn_mask=attn_mask
+            )
+            return self.out(y.reshape(batch, 1, q_size))
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -191,20 +206,22 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GPT-2's GELU MLP, or Llama's SwiGLU (down(silu(gate(x)) * up(x)))."""
+    """GPT-2's GELU MLP, or Llama's SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused
+    into one projection (one matrix multiply instead of two)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
-        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
-        self.gate = (
-            nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias) if self.swiglu else None
-        )
+        if self.swiglu:
+            self.gate_up = nn.Linear(config.d_model, 2 * config.d_ff, bias=config.mlp_bias)
+        else:
+            self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
         if self.swiglu:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
@@ -262,6 +279,14 @@ class GPT(nn.Module):
         if config.position == "rope":
             self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
+        to bfloat16 they would rotate late positions by visibly wrong angles."""
+        super()._apply(fn, recurse)
+        if self.config.position == "rope":
+            self.inv_freq = rope_inverse_frequencies(self.config).to(self.norm.weight.device)
+        return self
+
     @property
     def max_seq_len(self) -> int:
         return self.config.max_seq_len
@@ -273,8 +298,12 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}"
             )
-        weight = self.embed.weight
-        return KVCache(self.config, batch_size, max_len, weight.dtype, weight.device)
+        return KVCache(self.config, batch_size, max_len, self.dtype, self.norm.weight.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activation dtype (quantised models keep int weights but compute in this)."""
+        return self.norm.weight.dtype
 
     def forward(
         self,
@@ -337,4 +366,11 @@ class GPT(nn.Module):
         return allowed[:, None]
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Weights of the model, counting quantised layers (buffers) once, shared ones once."""
+        params = sum(p.numel() for p in self.parameters())
+        quantised = {
+            id(getattr(m, "weight", m)): m.num_weights
+            for m in self.modules()
+            if hasattr(m, "num_weights")
+        }
+        return params + sum(quantised.values())
