@@ -12,6 +12,7 @@ from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
+from lmforge.quantize import quantized_mode
 
 _DTYPES = {
     "float32": torch.float32,
@@ -69,20 +70,25 @@ class LM:
         self, prompts: str | list[str] | list[int], **options
     ) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion, or a list when num_return_sequences > 1)
-        or a list of prompts (returns a list, num_return_sequences per prompt)."""
+        or a list of prompts (returns a list, num_return_sequences per prompt).
+
+        Options are GenerationConfig's, plus `draft_model` (a smaller LM with the same tokenizer)
+        for speculative greedy decoding; `prompt_lookup_num_tokens=N` speculates with no model."""
+        draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         repeat = 1 if config.num_beams > 1 else config.num_return_sequences
         encoded, single = self._batch(prompts, repeat)
-        results = generate_tokens(self.model, self.tokenizer, encoded, config)
+        results = generate_tokens(self.model, self.tokenizer, encoded, config, draft)
         if single and config.num_return_sequences == 1:
             return results[0]
         return results
 
     def stream(self, prompts: str | list[str] | list[int], **options) -> Iterator[StreamEvent]:
         """Yield one event per generated token, with the text it adds (UTF-8 safe)."""
+        draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         encoded, _ = self._batch(prompts, config.num_return_sequences)
-        yield from stream_tokens(self.model, self.tokenizer, encoded, config)
+        yield from stream_tokens(self.model, self.tokenizer, encoded, config, draft)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template, ready for the reply."""
@@ -117,8 +123,20 @@ class LM:
             "tokenizer": type(self.tokenizer.backend.model).__name__,
             "eos ids": self.tokenizer.eos_ids,
             "chat template": bool(self.tokenizer.chat_template),
-            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "quantization (runtime)": quantized_mode(self.model),
         }
+
+
+def _draft_model(draft):
+    """`draft_model` may be an `LM` or a bare model speaking the protocol."""
+    if draft is None or hasattr(draft, "new_cache"):
+        return draft
+    if isinstance(draft, LM):
+        return draft.model
+    raise ConfigError(
+        f"draft_model must be an lmforge LM (lmforge.load(...)) or a model, got {type(draft).__name__}"
+    )
 
 
 # generation_config.json keys we honour, mapped to our option names.
@@ -136,15 +154,23 @@ _HF_GENERATION_KEYS = {
 }
 
 
-def load(name_or_path: str | Path = DEFAULT_MODEL, dtype: str | torch.dtype = "float32") -> LM:
-    """Load a known model name, a GGUF file or a Hugging Face directory."""
+def load(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    quantize: str = "none",
+    group_size: int = 32,
+) -> LM:
+    """Load a known model name, a GGUF file or a Hugging Face directory.
+
+    quantize: "none" (weights and activations in `dtype`), "bf16", "int8" or "int4" (weight-only
+    quantisation, activations in bfloat16; int4 groups `group_size` input columns)."""
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ConfigError(
                 f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}"
             )
         dtype = _DTYPES[dtype]
-    checkpoint = load_checkpoint(name_or_path, dtype)
+    checkpoint = load_checkpoint(name_or_path, dtype, quantize, group_size)
     return LM(
         checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults
     )

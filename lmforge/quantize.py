@@ -1,0 +1,284 @@
+"""Weight-only quantisation: fewer bytes per weight, so each decode step reads less memory.
+
+A decode step multiplies one token's activations by every weight once, so on a CPU its speed is
+set by how many bytes of weights it streams from memory. These layers keep weights in int8
+(one scale per output row) or int4 (a scale and zero point per group of input columns) and
+multiply with PyTorch's own weight-only kernels (`aten._weight_int8pack_mm`,
+`aten._weight_int4pack_mm_for_cpu`), which unpack weights in registers. Activations run in
+bfloat16: those kernels are fast only there. On other devices int8 layers dequantise and call
+`F.linear` (the same numbers); int4 is packed for the CPU kernel only.
+
+Modes: "none" (unchanged), "bf16" (cast), "int8" (every linear and the embedding int8),
+"int4" (block linears int4, embedding and output head int8, as llama.cpp's Q4 files do).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+QUANTIZE_MODES = ("none", "bf16", "int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+COMPUTE_DTYPE = torch.bfloat16
+# Above this many rows (prefill), dequantising int8 weights and one bf16 GEMM beats the kernel.
+_INT8_GEMM_ROWS = 16
+
+
+def _rows_2d(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).to(COMPUTE_DTYPE)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + bias, with q int8 (out, in) and one scale per output row."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer(
+            "weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
+        )
+        self.register_buffer(
+            "scales", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device)
+        )
+        self.register_buffer(
+            "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
+        )
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int8Linear:
+        layer = cls(weight.shape[1], weight.shape[0], bias is not None, device="meta")
+        layer.weight, layer.scales = quantize_int8_rows(weight)
+        layer.bias = None if bias is None else bias.detach().to(COMPUTE_DTYPE)
+        return layer
+
+    @property
+    def num_weights(self) -> int:
+        """Logical parameters (weights and bias), for counting the model's size."""
+        return self.in_features * self.out_features + (
+            0 if self.bias is None else self.out_features
+        )
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.to(COMPUTE_DTYPE) * self.scales[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _rows_2d(x)
+        if rows.device.type == "cpu" and rows.shape[0] <= _INT8_GEMM_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
+        else:
+            y = F.linear(rows, self.dequantize())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """Group-wise asymmetric int4: w = (q - 8) * scale + zero, one (scale, zero) per `group_size`
+    input columns of each output row (the layout of PyTorch's tinygemm kernels).
+
+    `packed` is the CPU kernel's own layout. Output rows are padded to a multiple of 16, which
+    that kernel needs, and the padding is sliced off the result.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, group_size: int, device=None
+    ):
+        super().__init__()
+        if group_size not in INT4_GROUP_SIZES:
+            raise ConfigError(f"int4 group_size={group_size}; expected one of {INT4_GROUP_SIZES}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        padded = -(-out_features // 16) * 16
+        self.register_buffer(
+            "packed", torch.empty(padded, in_features // 2, dtype=torch.uint8, device=device)
+        )
+        self.register_buffer(
+            "scales_and_zeros",
+            torch.empty(in_features // group_size, padded, 2, dtype=COMPUTE_DTYPE, device=device),
+        )
+        self.register_buffer(
+            "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
+        )
+
+    @classmethod
+    def from_float(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int
+    ) -> Int4Linear:
+        out_features, in_features = weight.shape
+        layer = cls(in_features, out_features, bias is not None, group_size, device="meta")
+        padded = layer.packed.shape[0]
+        weight = F.pad(weight.detach().float(), (0, 0, 0, padded - out_features))
+        q, scales, zeros = quantize_int4_groups(weight, group_size)
+        layer.packed = pack_int4(q)
+        layer.scales_and_zeros = (
+            torch.stack([scales.t(), zeros.t()], dim=-1).to(COMPUTE_DTYPE).contiguous()
+        )
+        layer.bias = None if bias is None else bias.detach().to(COMPUTE_DTYPE)
+        return layer
+
+    @property
+    def num_weights(self) -> int:
+        """Logical parameters (weights and bias), for counting the model's size."""
+        return self.in_features * self.out_features + (
+            0 if self.bias is None else self.out_features
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _rows_2d(x)
+        if rows.device.type != "cpu":
+            raise ConfigError(
+                "int4 weights are packed for PyTorch's CPU kernel; on another device use "
+                "quantize='int8' or 'bf16'"
+            )
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows, self.packed, self.group_size, self.scales_and_zeros
+        )
+        y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """Token embeddings stored int8 with one scale per token; rows are dequantised on lookup.
+
+    Tied output heads share these very tensors through an `Int8Linear` (one copy in memory)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None):
+        super().__init__()
+        self.register_buffer(
+            "weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device)
+        )
+        self.register_buffer(
+            "scales", torch.empty(num_embeddings, dtype=COMPUTE_DTYPE, device=device)
+        )
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int8Embedding:
+        layer = cls(*weight.shape, device="meta")
+        layer.weight, layer.scales = quantize_int8_rows(weight)
+        return layer
+
+    @property
+    def num_weights(self) -> int:
+        return self.weight.numel()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].to(COMPUTE_DTYPE) * self.scales[ids, None]
+
+
+def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: (q, scale) with weight ~= q * scale[:, None]."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    q = torch.round(weight / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scales.to(COMPUTE_DTYPE)
+
+
+def quantize_int4_groups(weight: torch.Tensor, group_size: int):
+    """Asymmetric int4 per group: q in [0, 15] with weight ~= (q - 8) * scale + zero.
+
+    The grid runs from the group's minimum to its maximum, as llama.cpp's Q4_1 does, so a
+    weight that was Q4_1 (block 32) comes back exactly on its own grid."""
+    rows, cols = weight.shape
+    if cols % group_size:
+        raise ConfigError(
+            f"int4 group_size={group_size} does not divide the layer's {cols} input features; "
+            f"choose one of {[g for g in INT4_GROUP_SIZES if cols % g == 0] or 'none: use int8'}"
+        )
+    groups = weight.reshape(rows, cols // group_size, group_size)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
+    return q.reshape(rows, cols).to(torch.int32), scales, low + 8 * scales
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q (out, in) int32 in [0, 15] -> the CPU kernel's packed layout (out, in / 2) uint8."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 2)
+
+
+def quantize_model(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
+    """Quantise a float model in place (`mode` in QUANTIZE_MODES); returns it for chaining."""
+    _check_mode(mode, group_size)
+    if mode in ("int8", "int4"):  # quantise from the float weights, then cast what is left
+        _swap_layers(
+            model, mode, group_size, lambda kind, module: _quantized_from(kind, module, group_size)
+        )
+    return model if mode == "none" else model.to(COMPUTE_DTYPE)
+
+
+def prepare_quantized(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
+    """Swap a model built on the meta device for empty quantised layers (before loading a
+    state dict that was saved from a model quantised the same way)."""
+    _check_mode(mode, group_size)
+    if mode in ("int8", "int4"):
+        _swap_layers(
+            model, mode, group_size, lambda kind, module: _empty_like(kind, module, group_size)
+        )
+    return model
+
+
+def _check_mode(mode: str, group_size: int) -> None:
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize={mode!r}; expected one of {QUANTIZE_MODES}")
+    if mode == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise ConfigError(f"group_size={group_size}; expected one of {INT4_GROUP_SIZES}")
+
+
+def _swap_layers(model: nn.Module, mode: str, group_size: int, make) -> None:
+    """Replace the embedding, every block Linear and the output head, keeping weight tying."""
+    tied = model.lm_head.weight is model.embed.weight
+    for name, module in list(model.blocks.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.blocks.get_submodule(parent_name) if parent_name else model.blocks
+            setattr(parent, child, make("linear4" if mode == "int4" else "linear8", module))
+    model.embed = make("embedding", model.embed)
+    if tied:
+        model.lm_head = _shared_head(model.embed, model.lm_head.out_features)
+    else:
+        model.lm_head = make("linear8", model.lm_head)
+
+
+def _quantized_from(kind: str, module: nn.Module, group_size: int) -> nn.Module:
+    if kind == "embedding":
+        return Int8Embedding.from_float(module.weight)
+    if kind == "linear4":
+        return Int4Linear.from_float(module.weight, module.bias, group_size)
+    return Int8Linear.from_float(module.weight, module.bias)
+
+
+def _empty_like(kind: str, module: nn.Module, group_size: int) -> nn.Module:
+    if kind == "embedding":
+        return Int8Embedding(module.num_embeddings, module.embedding_dim, device="meta")
+    bias = module.bias is not None
+    if kind == "linear4":
+        return Int4Linear(module.in_features, module.out_features, bias, group_size, device="meta")
+    return Int8Linear(module.in_features, module.out_features, bias, device="meta")
+
+
+def _shared_head(embed: Int8Embedding, vocab_size: int) -> Int8Linear:
+    head = Int8Linear(embed.weight.shape[1], vocab_size, bias=False, device="meta")
+    head.weight, head.scales = embed.weight, embed.scales
+    return head
+
+
+def retie(model: nn.Module) -> None:
+    """Point a tied output head back at the embedding's tensors (after `load_state_dict(assign=True)`)."""
+    if isinstance(model.lm_head, Int8Linear) and isinstance(model.embed, Int8Embedding):
+        model.lm_head.weight, model.lm_head.scales = model.embed.weight, model.embed.scales
+    else:
+        model.lm_head.weight = model.embed.weight
+
+
+def quantized_mode(model: nn.Module) -> str:
+    """Which QUANTIZE_MODES entry a model is in (read from its layers)."""
+    kinds = {type(m) for m in model.modules()}
+    if Int4Linear in kinds:
+        return "int4"
+    if Int8Linear in kinds:
+        return "int8"
+    return "bf16" if model.norm.weight.dtype == torch.bfloat16 else "none"
