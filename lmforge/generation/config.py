@@ -35,6 +35,10 @@ class GenerationConfig:
     seed: int | None = None
     top_logprobs: int = 0
     truncate: str | None = None  # None: error if the prompt is too long; "left": keep its end
+    # Speculative greedy decoding: tokens drafted per step from the prompt's own n-grams, or
+    # by a draft model (given to generate() as `draft_model`). Output equals plain greedy.
+    prompt_lookup_num_tokens: int = 0
+    num_draft_tokens: int = 5
 
     @classmethod
     def from_options(cls, base: GenerationConfig | None = None, **options) -> GenerationConfig:
@@ -153,3 +157,16 @@ class GenerationConfig:
                 )
         if self.seed is not None:
             check("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0")
+        for name in ("prompt_lookup_num_tokens", "num_draft_tokens"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and 0 <= value <= 64, "an integer in [0, 64]")
+        if self.prompt_lookup_num_tokens:
+            self.check_speculative("prompt_lookup_num_tokens")
+
+    def check_speculative(self, option: str) -> None:
+        """Speculation here verifies drafts against the greedy choice, so it needs greedy search."""
+        if self.sampling or self.num_beams > 1:
+            raise ConfigError(
+                f"{option} works with greedy decoding only; drop the sampling options "
+                "(temperature, top_k, top_p, min_p, typical_p, do_sample) and num_beams"
+            )

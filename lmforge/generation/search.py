@@ -99,13 +99,57 @@ def _top(log_probs: torch.Tensor, k: int) -> list[dict[int, float]]:
     ]
 
 
+def token_event(
+    row: int,
+    token: int,
+    logprob: float,
+    top: dict[int, float] | None,
+    assembler: TextAssembler,
+    eos: set[int],
+    last: bool,
+) -> StreamEvent:
+    """The event for one new token: its text, and why the sequence ends here, if it does."""
+    reason = None
+    if token in eos:
+        reason, text = "eos", assembler.finish()
+    else:
+        text = assembler.add(token)
+        if assembler.stopped:
+            reason = "stop"
+        elif last:
+            reason, text = "length", text + assembler.finish()
+    return StreamEvent(row, token, logprob, text, top, reason)
+
+
+def eos_ids(tokenizer: Tokenizer, config: GenerationConfig) -> set[int]:
+    if config.ignore_eos:
+        return set()
+    return set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
+
+
 def stream_tokens(
-    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+    model,
+    tokenizer: Tokenizer,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    draft_model=None,
 ) -> Iterator[StreamEvent]:
-    """Greedy or sampled generation for a batch of prompts, yielding each new token as it comes."""
+    """Greedy or sampled generation for a batch of prompts, yielding each new token as it comes.
+
+    With `draft_model` (a smaller model sharing the vocabulary) or `prompt_lookup_num_tokens`,
+    greedy decoding is speculative: the same tokens, fewer forward passes."""
     if config.num_beams > 1:
         raise ConfigError("num_beams > 1 cannot stream; use generate()")
     prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
+    return _decode(model, tokenizer, prepared, config, draft_model)
+
+
+def _decode(model, tokenizer, prepared, config, draft_model) -> Iterator[StreamEvent]:
+    """The plain decode loop, or the speculative one when a drafter is asked for."""
+    if draft_model is not None or config.prompt_lookup_num_tokens:
+        from lmforge.generation.speculative import speculative_stream
+
+        return speculative_stream(model, tokenizer, prepared, config, draft_model)
     return _stream_prepared(model, tokenizer, prepared, config)
 
 
@@ -116,11 +160,7 @@ def _stream_prepared(
     """The decode loop, for prompts already checked by `prepare_prompts`."""
     rows = len(prompts)
     max_new = _max_new(prompts, model.max_seq_len, config)
-    eos = (
-        set()
-        if config.ignore_eos
-        else set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
-    )
+    eos = eos_ids(tokenizer, config)
     steps = build_processors(config, model.config.vocab_size)
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
 
@@ -156,19 +196,12 @@ def _stream_prepared(
         for row, token in enumerate(choice.tolist()):
             if finished[row]:
                 continue
-            reason = None
-            if token in eos:
-                reason, text = "eos", assemblers[row].finish()
-            else:
-                text = assemblers[row].add(token)
-                if assemblers[row].stopped:
-                    reason = "stop"
-                elif step == max_new - 1:
-                    reason, text = "length", text + assemblers[row].finish()
-            finished[row] = reason is not None
-            yield StreamEvent(
-                row, token, chosen_logprobs[row], text, tops[row] if tops else None, reason
-            )
+            event = token_event(
+                row, token, chosen_logprobs[row], tops[row] if tops else None,
+                assemblers[row], eos, last=step == max_new - 1,
+            )  # fmt: skip
+            finished[row] = event.finish_reason is not None
+            yield event
         if all(finished):
             return
         logits, cache = model(choice[:, None], cache, next_positions, None, last_only=True)
@@ -176,14 +209,20 @@ def _stream_prepared(
 
 
 def generate_tokens(
-    model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
+    model,
+    tokenizer: Tokenizer,
+    prompts: list[list[int]],
+    config: GenerationConfig,
+    draft_model=None,
 ) -> list[Completion]:
     """Run the decode loop to the end and collect one `Completion` per prompt row."""
     if config.num_beams > 1:
+        if draft_model is not None:
+            config.check_speculative("draft_model")
         return beam_search(model, tokenizer, prompts, config)
     prepared = prepare_prompts(prompts, tokenizer, model.max_seq_len, config)
     results = [Completion([], "", [], "length", len(ids)) for ids in prepared]
-    for event in _stream_prepared(model, tokenizer, prepared, config):
+    for event in _decode(model, tokenizer, prepared, config, draft_model):
         result = results[event.index]
         if event.token_id is not None:
             result.token_ids.append(event.token_id)
