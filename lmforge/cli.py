@@ -1,4 +1,4 @@
-"""`lmforge <verb>`: generate, chat, models, info.
+"""`lmforge <verb>`: generate, chat, models, info, bench.
 
 Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
 `lmforge models` answer at once.
@@ -25,6 +25,23 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype"
+    )
+    _add_quantize_args(parser)
+
+
+def _add_quantize_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        "-q",
+        default="none",
+        choices=["none", "bf16", "int8", "int4"],
+        help="weight-only quantisation (int8/int4 compute in bfloat16); int4 is the fastest",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        help="int4: input columns per scale (32, 64, 128, 256)",
     )
 
 
@@ -61,6 +78,12 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--truncate", choices=["left"], help="cut prompts longer than the context on the left"
     )
+    s = parser.add_argument_group("speculative decoding (greedy; same output, fewer passes)")
+    s.add_argument(
+        "--prompt-lookup", type=int, metavar="N", help="draft N tokens from the prompt's n-grams"
+    )
+    s.add_argument("--draft-model", help="a smaller model with the same tokenizer drafts tokens")
+    s.add_argument("--draft-tokens", type=int, metavar="N", help="tokens per draft (default 5)")
 
 
 def _generation_options(args: argparse.Namespace) -> dict:
@@ -96,6 +119,8 @@ def _generation_options(args: argparse.Namespace) -> dict:
         "ignore_eos": args.ignore_eos or None,
         "top_logprobs": args.top_logprobs,
         "truncate": args.truncate,
+        "prompt_lookup_num_tokens": args.prompt_lookup,
+        "num_draft_tokens": args.draft_tokens,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -104,14 +129,33 @@ def _load(args: argparse.Namespace):
     from lmforge.api import load
     from lmforge.checkpoints import DEFAULT_MODEL
 
-    return load(args.model or DEFAULT_MODEL, dtype=args.dtype)
+    return load(
+        args.model or DEFAULT_MODEL,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        group_size=args.group_size,
+    )
 
 
-def _validate(options: dict) -> None:
+def _with_draft(args: argparse.Namespace, options: dict) -> dict:
+    """Load --draft-model (quantised like the main model) into the options."""
+    if args.draft_model is None:
+        return options
+    from lmforge.api import load
+
+    draft = load(
+        args.draft_model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
+    return {**options, "draft_model": draft}
+
+
+def _validate(args: argparse.Namespace, options: dict) -> None:
     """Reject bad options before spending seconds loading a model."""
     from lmforge.generation.config import GenerationConfig
 
-    GenerationConfig.from_options(**options)
+    config = GenerationConfig.from_options(**options)
+    if args.draft_model is not None:
+        config.check_speculative("--draft-model")
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -134,9 +178,10 @@ def _read_prompt(args: argparse.Namespace) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     options = _generation_options(args)
-    _validate(options)
+    _validate(args, options)
     lm = _load(args)
     config = lm.config(**options)
+    options = _with_draft(args, options)
     streaming = (
         not args.json
         and not args.no_stream
@@ -186,8 +231,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     options = _generation_options(args)
-    _validate(options)
+    _validate(args, options)
     lm = _load(args)
+    options = _with_draft(args, options)
     if not lm.tokenizer.chat_template:
         raise ConfigError(f"{lm.source}: this model has no chat template; use `lmforge generate`")
     system = args.system
@@ -257,6 +303,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.bench import format_results, run_bench, to_json
+    from lmforge.checkpoints import DEFAULT_MODEL, resolve
+
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: expected at least 1")
+    model = str(resolve(args.model or DEFAULT_MODEL))  # fail fast on a bad name
+    threads = args.threads or torch.get_num_threads()
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: expected at least 1")
+    print(
+        f"benchmarking {model} (quantize={args.quantize}, {threads} threads) ...", file=sys.stderr
+    )
+    results = run_bench(model, args.quantize, args.runs, threads)
+    print(to_json(results) if args.json else format_results(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description="Language models and text generation in plain PyTorch."
@@ -294,7 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", default=None, metavar="MODEL")
     info.add_argument("--json", action="store_true")
     info.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    _add_quantize_args(info)
     info.set_defaults(func=cmd_info)
+
+    bench = verbs.add_parser(
+        "bench", help="decode/prefill speed, start-up time, peak memory and bandwidth achieved"
+    )
+    bench.add_argument("--model", "-m", default=None, help="default: smollm2-135m-instruct")
+    _add_quantize_args(bench)
+    bench.add_argument("--runs", type=int, default=3, help="repetitions per measurement")
+    bench.add_argument("--threads", type=int, default=None, help="default: torch's default")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

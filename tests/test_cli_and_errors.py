@@ -120,3 +120,64 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 def test_bad_dtype():
     with pytest.raises(lmforge.ConfigError, match="dtype='int3'"):
         lmforge.load("smollm2-135m-instruct", dtype="int3")
+
+
+def test_generate_quantized_and_speculative_flags(capsys, tiny_llama_dir, smollm_path):
+    model = str(tiny_llama_dir[0])
+    argv = ["generate", "Hi", "-m", model, "--max-new-tokens", "6", "--ignore-eos", "--json"]
+    code, out, _ = run(capsys, *argv, "-q", "int8")
+    assert code == 0
+    expected = lmforge.load(model, quantize="int8").generate(
+        "Hi", max_new_tokens=6, ignore_eos=True
+    )
+    assert json.loads(out)["completions"][0]["token_ids"] == expected.token_ids
+    plain = lmforge.load(model).generate("Hi", max_new_tokens=6, ignore_eos=True).token_ids
+    for extra in (["--prompt-lookup", "3"], ["--draft-model", model, "--draft-tokens", "2"]):
+        code, out, _ = run(capsys, *argv, *extra)
+        assert code == 0 and json.loads(out)["completions"][0]["token_ids"] == plain
+    code, out, err = run(capsys, "info", str(smollm_path), "-q", "int4", "--json")
+    assert code == 0 and json.loads(out)["quantization (runtime)"] == "int4"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "Hi", "-q", "int3"], "invalid choice: 'int3'"),
+        (["generate", "Hi", "--prompt-lookup", "4", "--temperature", "0.8"], "greedy"),
+        (
+            ["generate", "Hi", "--draft-model", "x", "--top-k", "5"],
+            "--draft-model works with greedy",
+        ),
+        (["generate", "Hi", "--prompt-lookup", "-1"], "prompt_lookup_num_tokens=-1"),
+        (["bench", "--runs", "0"], "--runs 0: expected at least 1"),
+        (["bench", "-m", "no-such-model"], "unknown model 'no-such-model'"),
+    ],
+)
+def test_speed_option_errors(capsys, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    _, err = capsys.readouterr()
+    assert code == 2 and message in err
+
+
+def test_bench_helpers(tiny_llama_dir):
+    import sys
+
+    from lmforge.bench import FIRST_TOKEN_MARK, decode_weight_bytes, start_and_peak_rss
+
+    lm = lmforge.load(tiny_llama_dir[0])
+    config = lm.model.config
+    # Untied: every block weight, norm and the head, but not the embedding table.
+    embedding = config.vocab_size * config.d_model * 4
+    total = sum(p.numel() * 4 for p in lm.model.parameters())
+    assert decode_weight_bytes(lm.model) == total - embedding
+    quantised = lmforge.load(tiny_llama_dir[0], quantize="int8")
+    assert decode_weight_bytes(quantised.model) < (total - embedding) / 3
+    code = (
+        f"print({FIRST_TOKEN_MARK!r}, flush=True); x = bytearray(64 * 2**20); "
+        "from lmforge.bench import peak_rss_line; print(peak_rss_line())"
+    )
+    seconds, mib = start_and_peak_rss([sys.executable, "-c", code])
+    assert 0 < seconds < 60 and mib >= 64
