@@ -42,7 +42,8 @@ class LM:
         """The model's generation defaults overridden by `options` (validated)."""
         return GenerationConfig.from_options(self.defaults, **options)
 
-    def _encode(self, prompt: str | list[int]) -> list[int]:
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a prompt: text is tokenized, a list of ids is checked against the vocabulary."""
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
@@ -63,7 +64,7 @@ class LM:
         items = [prompts] if single else list(prompts)
         if not items:
             raise ConfigError("prompts is an empty list; give at least one prompt")
-        encoded = [self._encode(p) for p in items]
+        encoded = [self.encode(p) for p in items]
         return [ids for ids in encoded for _ in range(n)], single
 
     def generate(

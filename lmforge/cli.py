@@ -1,4 +1,4 @@
-"""`lmforge <verb>`: generate, chat, models, info, bench.
+"""`lmforge <verb>`: generate, chat, models, info, serve, bench.
 
 Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
 `lmforge models` answer at once.
@@ -323,6 +323,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    import uvicorn
+
+    from lmforge.checkpoints import DEFAULT_MODEL
+    from lmforge.serve import Settings, create_app
+
+    for name in ("port", "max_batch", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {getattr(args, name)}: expected at least 1"
+            )
+    lm = _load(args)
+    settings = Settings(
+        model_id=args.model_id or str(args.model or DEFAULT_MODEL),
+        api_key=args.api_key,
+        max_tokens=args.max_tokens,
+        max_batch=args.max_batch,
+        request_timeout_s=args.timeout,
+    )
+    app = create_app(lm, settings, background_worker=False)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    threading.Thread(target=uvicorn.Server(config).run, name="lmforge-http", daemon=True).start()
+    print(
+        f"lmforge serve: http://{args.host}:{args.port}/ (model {settings.model_id!r})",
+        file=sys.stderr,
+    )
+    app.state.batcher.work_forever()  # the model stays on the thread that loaded it
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description="Language models and text generation in plain PyTorch."
@@ -362,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     _add_quantize_args(info)
     info.set_defaults(func=cmd_info)
+
+    serve = verbs.add_parser("serve", help="OpenAI-compatible HTTP API and a playground at /")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY`")
+    serve.add_argument("--model-id", help="the name clients use (default: --model)")
+    serve.add_argument("--max-tokens", type=int, default=2048, help="per-request limit")
+    serve.add_argument("--max-batch", type=int, default=8, help="rows generated together")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    serve.set_defaults(func=cmd_serve)
 
     bench = verbs.add_parser(
         "bench", help="decode/prefill speed, start-up time, peak memory and bandwidth achieved"

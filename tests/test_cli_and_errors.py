@@ -150,6 +150,7 @@ def test_generate_quantized_and_speculative_flags(capsys, tiny_llama_dir, smollm
         ),
         (["generate", "Hi", "--prompt-lookup", "-1"], "prompt_lookup_num_tokens=-1"),
         (["bench", "--runs", "0"], "--runs 0: expected at least 1"),
+        (["serve", "--max-batch", "0"], "--max-batch 0: expected at least 1"),
         (["bench", "-m", "no-such-model"], "unknown model 'no-such-model'"),
     ],
 )

@@ -105,6 +105,14 @@ class KVCache:
         self.length = start + n_tokens
         return start
 
+    def first_rows(self, n: int) -> KVCache:
+        """A cache over rows [0, n) sharing this one's memory (writes land here too); a
+        server runs only its busy rows through the model."""
+        view = object.__new__(KVCache)
+        view.k, view.v, view.valid = self.k[:, :n], self.v[:, :n], self.valid[:n]
+        view.length, view.has_padding = self.length, self.has_padding
+        return view
+
     def truncate(self, length: int) -> None:
         """Forget every slot from `length` on (speculative decoding drops rejected tokens)."""
         if not 0 <= length <= self.length:
