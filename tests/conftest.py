@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,8 +15,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GPT2_TOKENIZER = SHARED_DATA / "gpt2-tokenizer"
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
-# Converted-model cache of this test session: starts empty, so the first load tests conversion.
+# Converted-model cache of this test session: starts empty, so the first load tests conversion,
+# and is removed at the end (each entry of the shipped model is hundreds of MB).
 os.environ["LMFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LMFORGE_CACHE_DIR"], ignore_errors=True)
 
 
 def write_gpt2_tokenizer(directory: Path) -> None:
