@@ -187,8 +187,10 @@ def test_api_key_and_queue_limit(fast_lm, tiny_gpt2_dir):
         assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=1).choices
     finally:
         guarded.stop()
-    full = Server(lmforge.load(tiny_gpt2_dir[0]), max_queue=0)
+    full = Server(lmforge.load(tiny_gpt2_dir[0]), max_queue=0, max_batch=2)
     try:
+        too_many = _post(full, "/v1/completions", {"model": MODEL, "prompt": ["a", "b"], "n": 2})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "n"
         response = _post(full, "/v1/completions", {"model": MODEL, "prompt": "Hi"})
         assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
         chat = _post(

@@ -240,6 +240,9 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
         return max_tokens
 
     async def run(prompts: list[list[int]], options: dict[str, Any]) -> Job:
+        if len(prompts) > settings.max_batch:  # a job's rows are generated together
+            raise APIError(400, f"{len(prompts)} sequences (prompts x n) are over this server's batch "
+                           f"of {settings.max_batch}", param="n")  # fmt: skip
         job = Job(
             prompts,
             options,
