@@ -31,20 +31,42 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(COMPUTE_DTYPE)
 
 
-class Int8Linear(nn.Module):
-    """y = x @ (q * scale).T + bias, with q int8 (out, in) and one scale per output row."""
+class _WeightOnlyLinear(nn.Module):
+    """What the int8 and int4 layers share: sizes, an optional bfloat16 bias, the output shape."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer(
+            "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
+        )
+
+    @property
+    def num_weights(self) -> int:
+        """Logical parameters (weights and bias), for counting the model's size."""
+        return self.in_features * self.out_features + (
+            0 if self.bias is None else self.out_features
+        )
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(rows, >= out) kernel result -> x's leading shape with out features, plus bias."""
+        if y.shape[1] != self.out_features:  # rows padded for the kernel
+            y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(_WeightOnlyLinear):
+    """y = x @ (q * scale).T + bias, with q int8 (out, in) and one scale per output row."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer(
             "weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device)
         )
         self.register_buffer(
             "scales", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device)
-        )
-        self.register_buffer(
-            "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
         )
 
     @classmethod
@@ -53,13 +75,6 @@ class Int8Linear(nn.Module):
         layer.weight, layer.scales = quantize_int8_rows(weight)
         layer.bias = None if bias is None else bias.detach().to(COMPUTE_DTYPE)
         return layer
-
-    @property
-    def num_weights(self) -> int:
-        """Logical parameters (weights and bias), for counting the model's size."""
-        return self.in_features * self.out_features + (
-            0 if self.bias is None else self.out_features
-        )
 
     def dequantize(self) -> torch.Tensor:
         return self.weight.to(COMPUTE_DTYPE) * self.scales[:, None]
@@ -70,12 +85,10 @@ class Int8Linear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
         else:
             y = F.linear(rows, self.dequantize())
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return self._output(y, x)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_WeightOnlyLinear):
     """Group-wise asymmetric int4: w = (q - 8) * scale + zero, one (scale, zero) per `group_size`
     input columns of each output row (the layout of PyTorch's tinygemm kernels).
 
@@ -86,10 +99,10 @@ class Int4Linear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, group_size: int, device=None
     ):
-        super().__init__()
+        super().__init__(in_features, out_features, bias, device)
         if group_size not in INT4_GROUP_SIZES:
             raise ConfigError(f"int4 group_size={group_size}; expected one of {INT4_GROUP_SIZES}")
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.group_size = group_size
         padded = -(-out_features // 16) * 16
         self.register_buffer(
             "packed", torch.empty(padded, in_features // 2, dtype=torch.uint8, device=device)
@@ -97,9 +110,6 @@ class Int4Linear(nn.Module):
         self.register_buffer(
             "scales_and_zeros",
             torch.empty(in_features // group_size, padded, 2, dtype=COMPUTE_DTYPE, device=device),
-        )
-        self.register_buffer(
-            "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
         )
 
     @classmethod
@@ -118,13 +128,6 @@ class Int4Linear(nn.Module):
         layer.bias = None if bias is None else bias.detach().to(COMPUTE_DTYPE)
         return layer
 
-    @property
-    def num_weights(self) -> int:
-        """Logical parameters (weights and bias), for counting the model's size."""
-        return self.in_features * self.out_features + (
-            0 if self.bias is None else self.out_features
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows_2d(x)
         if rows.device.type != "cpu":
@@ -135,10 +138,7 @@ class Int4Linear(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             rows, self.packed, self.group_size, self.scales_and_zeros
         )
-        y = y[:, : self.out_features]
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return self._output(y, x)
 
 
 class Int8Embedding(nn.Module):
