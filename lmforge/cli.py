@@ -1,4 +1,4 @@
-"""`lmforge <verb>`: generate, chat, models, info, serve, bench.
+"""`lmforge <verb>`: generate, chat, models, info, serve, embed, bench.
 
 Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
 `lmforge models` answer at once.
@@ -355,6 +355,106 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from lmforge import embeddings as emb
+
+    action = args.embed_action
+    if action == "train":
+        sentences = emb.read_corpus(args.data)
+        common = dict(vector_size=args.size, window=args.window, min_count=args.min_count,
+                      epochs=args.epochs, seed=args.seed)  # fmt: skip
+        if args.method == "glove":
+            vectors, stats = emb.train_glove(sentences, **common)
+        else:
+            vectors, stats = emb.train_word2vec(
+                sentences, method=args.method, negative=args.negative, sample=args.sample, **common
+            )
+        vectors.save(args.out, binary=args.binary)
+        print(f"{len(vectors)} words x {vectors.dim} -> {args.out} "
+              f"({stats.words_per_second:,.0f} words/s; loss per epoch "
+              f"{', '.join(f'{x:.4f}' for x in stats.losses)})")  # fmt: skip
+        return 0
+    vectors = emb.KeyedVectors.load(args.vectors)
+    if action == "neighbors":
+        for word, score in vectors.most_similar(args.word, topn=args.topn):
+            print(f"{score:.4f}  {word}")
+    elif action == "analogy":
+        a, b, c = args.words
+        for word, score in vectors.most_similar([b, c], [a], topn=args.topn):
+            print(f"{score:.4f}  {word}")
+    elif action == "eval":
+        data = _word_similarity_dir(args.data_dir)
+        for name in ("wordsim353.tsv", "simlex999.txt"):
+            scores = emb.evaluate_word_pairs(vectors, data / name)
+            print(f"{name}: spearman {scores.spearman:.4f}  pearson {scores.pearson:.4f}  "
+                  f"pairs {scores.pairs}  oov {scores.oov_ratio:.1f}%")  # fmt: skip
+        analogies = emb.evaluate_word_analogies(
+            vectors, data / "questions-words.txt", restrict_vocab=args.restrict_vocab
+        )
+        print(f"analogies: accuracy {analogies.accuracy:.4f}  semantic {analogies.semantic:.4f}  "
+              f"syntactic {analogies.syntactic:.4f}  oov {analogies.oov_ratio:.1f}%")  # fmt: skip
+        for section, (correct, asked) in analogies.sections.items():
+            print(f"  {section:<28} {correct:>5} / {asked}")
+    elif action == "plot":
+        from lmforge.embeddings.plot import plot_words
+
+        plot_words(vectors, args.words or None, args.out, top=args.top)
+        print(f"-> {args.out}")
+    return 0
+
+
+def _word_similarity_dir(given: str | None) -> Path:
+    """--data-dir, else the benchmark files inside an installed gensim wheel (found, not imported)."""
+    import importlib.metadata
+
+    if given:
+        return Path(given)
+    try:
+        return Path(importlib.metadata.distribution("gensim").locate_file("gensim/test/test_data"))
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "--data-dir DIR with wordsim353.tsv, simlex999.txt and questions-words.txt is needed "
+            "(gensim's wheel ships them: pip install --no-deps gensim)"
+        ) from None
+
+
+def _add_embed_parser(verbs) -> None:
+    embed = verbs.add_parser(
+        "embed", help="word2vec / GloVe: train, eval, neighbors, analogy, plot"
+    )
+    actions = embed.add_subparsers(dest="embed_action", required=True)
+    train = actions.add_parser("train", help="train word vectors on a text file or 'shakespeare'")
+    train.add_argument("--method", choices=["skipgram", "cbow", "glove"], default="skipgram")
+    train.add_argument("--data", default="shakespeare", help="a text file (one sentence a line)")
+    train.add_argument("--out", required=True, help="vectors file (word2vec text format)")
+    train.add_argument("--binary", action="store_true", help="word2vec binary format")
+    train.add_argument("--size", type=int, default=100)
+    train.add_argument("--window", type=int, default=5)
+    train.add_argument("--min-count", type=int, default=5)
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--negative", type=int, default=5)
+    train.add_argument("--sample", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    evaluate = actions.add_parser("eval", help="WordSim-353, SimLex-999, Google analogies")
+    evaluate.add_argument("vectors")
+    evaluate.add_argument("--data-dir", help="default: the files in an installed gensim wheel")
+    evaluate.add_argument("--restrict-vocab", type=int, default=300000)
+    neighbors = actions.add_parser("neighbors", help="nearest words by cosine")
+    neighbors.add_argument("vectors")
+    neighbors.add_argument("word")
+    neighbors.add_argument("--topn", type=int, default=10)
+    analogy = actions.add_parser("analogy", help="a : b :: c : ? (3CosAdd)")
+    analogy.add_argument("vectors")
+    analogy.add_argument("words", nargs=3, metavar="WORD")
+    analogy.add_argument("--topn", type=int, default=5)
+    plot = actions.add_parser("plot", help="PCA map of words as PNG")
+    plot.add_argument("vectors")
+    plot.add_argument("words", nargs="*")
+    plot.add_argument("--out", default="words.png")
+    plot.add_argument("--top", type=int, default=100, help="without words: the N most frequent")
+    embed.set_defaults(func=cmd_embed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description="Language models and text generation in plain PyTorch."
@@ -406,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     serve.set_defaults(func=cmd_serve)
 
+    _add_embed_parser(verbs)
+
     bench = verbs.add_parser(
         "bench", help="decode/prefill speed, start-up time, peak memory and bandwidth achieved"
     )
@@ -428,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmforge ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
