@@ -83,7 +83,7 @@ class Vocabulary:
 
 @dataclass
 class TrainStats:
-    words: int  # corpus words processed (before subsampling), over all epochs
+    words: int  # corpus words (before min_count and subsampling) times epochs
     seconds: float
     losses: list[float]  # mean loss per epoch
 
@@ -143,6 +143,7 @@ def train_word2vec(
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}; expected an integer >= 1")
     alpha = 0.025 if alpha is None else alpha
+    start = time.perf_counter()  # vocabulary building counts, as in gensim's Word2Vec(...)
     generator = torch.Generator().manual_seed(seed)
     vocab = Vocabulary.build(sentences, min_count)
     ids, sentence = vocab.encode(sentences)
@@ -153,7 +154,7 @@ def train_word2vec(
     V, D = len(vocab.words), vector_size
     w_in = (torch.rand(V, D, generator=generator) - 0.5) / D
     w_out = torch.zeros(V, D)
-    losses, start = [], time.perf_counter()
+    losses = []
     for epoch in range(epochs):
         chosen = torch.ones(len(ids), dtype=torch.bool)
         if keep is not None:
@@ -186,8 +187,8 @@ def train_word2vec(
             )
             batches += 1
         losses.append(epoch_loss / max(batches, 1))
-    stats = TrainStats(len(ids) * epochs, time.perf_counter() - start, losses)
-    return KeyedVectors(vocab.words, w_in), stats
+    words = sum(len(s) for s in sentences) * epochs
+    return KeyedVectors(vocab.words, w_in), TrainStats(words, time.perf_counter() - start, losses)
 
 
 def _negative_sampling_step(w_in, w_out, inputs, targets, negatives, lr) -> float:
@@ -247,6 +248,7 @@ def train_glove(
     """GloVe (Pennington et al. 2014): co-occurrences within `window` weighted 1/distance,
     weighted least squares on log counts with f(x) = min(1, (x / x_max)^power), AdaGrad;
     the result is word + context vectors."""
+    start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     vocab = Vocabulary.build(sentences, min_count)
     ids, sentence = vocab.encode(sentences)
@@ -264,7 +266,7 @@ def train_glove(
     params = [(torch.rand(V, D, generator=generator) - 0.5) * 2 * scale for _ in range(2)]
     params += [(torch.rand(V, generator=generator) - 0.5) * 2 * scale for _ in range(2)]
     squares = [torch.ones_like(p) for p in params]  # AdaGrad's accumulators start at 1, as GloVe's
-    losses, start = [], time.perf_counter()
+    losses = []
     for _ in range(epochs):
         order = torch.randperm(len(counts), generator=generator)
         total = 0.0
@@ -282,5 +284,6 @@ def train_glove(
                 square.index_add_(0, index, grad * grad)
                 param.index_add_(0, index, -learning_rate * grad / square[index].sqrt())
         losses.append(total / len(counts))
-    stats = TrainStats(len(ids) * epochs, time.perf_counter() - start, losses)
-    return KeyedVectors(vocab.words, params[0] + params[1]), stats
+    words = sum(len(s) for s in sentences) * epochs
+    seconds = time.perf_counter() - start
+    return KeyedVectors(vocab.words, params[0] + params[1]), TrainStats(words, seconds, losses)
