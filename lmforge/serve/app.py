@@ -148,18 +148,18 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
                 code="invalid_api_key",
             )
 
+    def check_size(size: int) -> None:
+        if size > settings.max_body_bytes:
+            raise APIError(
+                413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large"
+            )
+
     async def parse(request: Request, schema: type[BaseModel]):
         authorize(request)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise APIError(
-                413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large"
-            )
+        declared = request.headers.get("content-length", "")
+        check_size(int(declared) if declared.isdigit() else 0)  # refuse before reading, if declared
         body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            raise APIError(
-                413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large"
-            )
+        check_size(len(body))
         try:
             data = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
