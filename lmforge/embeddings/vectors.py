@@ -72,11 +72,7 @@ class KeyedVectors:
     ) -> list[tuple[str, float]]:
         """Words nearest (by cosine) to the mean of unit `positive` minus `negative` vectors
         (3CosAdd for analogies); the query words themselves are left out."""
-        positive = [positive] if isinstance(positive, str) else list(positive)
-        negative = [negative] if isinstance(negative, str) else list(negative)
-        if not positive and not negative:
-            raise ConfigError("most_similar needs at least one positive or negative word")
-        ids = [self._id(w) for w in positive + negative]
+        positive, negative, ids = self._query(positive, negative)
         weights = torch.tensor([1.0] * len(positive) + [-1.0] * len(negative))
         query = (self.unit[ids] * weights[:, None]).mean(dim=0)
         query = query / query.norm().clamp(min=1e-12)
@@ -91,17 +87,19 @@ class KeyedVectors:
     ) -> list[tuple[str, float]]:
         """3CosMul (Levy & Goldberg 2014): prod cos(w, p) / (prod cos(w, n) + eps), cosines
         shifted to [0, 1], as gensim computes it."""
+        positive, negative, ids = self._query(positive, negative)
+        shifted = (1 + self.unit @ self.unit[ids].T) / 2  # (words, query words)
+        score = shifted[:, : len(positive)].prod(dim=1)
+        below = shifted[:, len(positive) :].prod(dim=1)  # 1 when there is no negative word
+        return self._top(score / (below + 1e-6), ids, topn, restrict_vocab)
+
+    def _query(self, positive, negative) -> tuple[list[str], list[str], list[int]]:
+        """Positive and negative words as lists (a single word may be a string), and their ids."""
         positive = [positive] if isinstance(positive, str) else list(positive)
         negative = [negative] if isinstance(negative, str) else list(negative)
-        ids = [self._id(w) for w in positive + negative]
-        shifted = lambda w: (1 + self.unit @ self.unit[self._id(w)]) / 2  # noqa: E731
-        score = torch.ones(len(self))
-        for w in positive:
-            score = score * shifted(w)
-        below = torch.ones(len(self))
-        for w in negative:
-            below = below * shifted(w)
-        return self._top(score / (below + 1e-6), ids, topn, restrict_vocab)
+        if not positive and not negative:
+            raise ConfigError("give at least one positive or negative word")
+        return positive, negative, [self._id(w) for w in positive + negative]
 
     def _top(self, scores: torch.Tensor, exclude: list[int], topn: int, restrict_vocab):
         scores = (scores if restrict_vocab is None else scores[:restrict_vocab]).clone()
