@@ -398,7 +398,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     elif action == "plot":
         from lmforge.embeddings.plot import plot_words
 
-        plot_words(vectors, args.words or None, args.out, top=args.top)
+        plot_words(vectors, args.words or None, args.out, top=args.top, method=args.method)
         print(f"-> {args.out}")
     return 0
 
@@ -447,11 +447,12 @@ def _add_embed_parser(verbs) -> None:
     analogy.add_argument("vectors")
     analogy.add_argument("words", nargs=3, metavar="WORD")
     analogy.add_argument("--topn", type=int, default=5)
-    plot = actions.add_parser("plot", help="PCA map of words as PNG")
+    plot = actions.add_parser("plot", help="PCA or t-SNE map of words as PNG")
     plot.add_argument("vectors")
     plot.add_argument("words", nargs="*")
     plot.add_argument("--out", default="words.png")
     plot.add_argument("--top", type=int, default=100, help="without words: the N most frequent")
+    plot.add_argument("--method", choices=["pca", "tsne"], default="pca")
     embed.set_defaults(func=cmd_embed)
 
 

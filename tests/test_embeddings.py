@@ -213,6 +213,18 @@ def test_embed_cli(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 5
     assert main(["embed", "plot", str(out), "--top", "20", "--out", str(tmp_path / "m.png")]) == 0
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    tsne = [
+        "embed",
+        "plot",
+        str(out),
+        "--top",
+        "20",
+        "--method",
+        "tsne",
+        "--out",
+        str(tmp_path / "t.png"),
+    ]
+    assert main(tsne) == 0 and (tmp_path / "t.png").stat().st_size > 1000
     assert main(["embed", "eval", str(out), "--data-dir", str(WORDSIM.parent)]) == 2  # no overlap
     assert "0 scorable pairs" in capsys.readouterr().err
     assert main(["embed", "neighbors", str(out), "nope"]) == 2
@@ -233,3 +245,18 @@ def test_vectors_as_lm_input_embedding():
     assert not embedding.weight.requires_grad
     with pytest.raises(ConfigError, match="embedding has 8 dimensions, the vectors 50"):
         load_into_embedding(torch.nn.Embedding(5, 8), vocabulary, vectors)
+
+
+def test_tsne_keeps_planted_clusters_apart():
+    from lmforge.embeddings.plot import tsne_2d
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 50, generator=generator) * 3
+    points = torch.cat([c + torch.randn(30, 50, generator=generator) for c in centres])
+    labels = torch.arange(4).repeat_interleave(30)
+    mapped = tsne_2d(points, perplexity=10, iterations=400)
+    distances = torch.cdist(mapped, mapped)
+    distances.fill_diagonal_(float("inf"))
+    assert (labels[distances.argmin(dim=1)] == labels).float().mean() > 0.95
+    with pytest.raises(ConfigError, match="at least 4 points"):
+        tsne_2d(points[:3])
