@@ -325,3 +325,10 @@ def test_request_timeout_is_a_clear_error(fast_lm):
         assert _post(slow, "/v1/completions", {**body, "max_tokens": 2}).status_code == 200
     finally:
         slow.stop()
+
+
+def test_empty_prompt_starts_from_bos_like_generate(server, fast_lm):
+    body = {"model": MODEL, "prompt": "", "max_tokens": 4, "temperature": 0}
+    response = _post(server, "/v1/completions", body).json()
+    assert response["choices"][0]["text"] == fast_lm.generate("", max_new_tokens=4).text
+    assert response["usage"]["prompt_tokens"] == 1

@@ -47,6 +47,16 @@ class StreamEvent:
     finish_reason: str | None = None
 
 
+def start_token(tokenizer: Tokenizer, index: int = 0) -> int:
+    """The token an empty prompt starts from: BOS, else the first EOS (GPT-2's <|endoftext|>)."""
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else (tokenizer.eos_ids or [None])[0]
+    if start is None:
+        raise ConfigError(
+            f"prompt {index} is empty and the tokenizer has no BOS token to start from"
+        )
+    return start
+
+
 def prepare_prompts(
     prompts: list[list[int]], tokenizer: Tokenizer, context: int, config: GenerationConfig
 ):
@@ -55,16 +65,7 @@ def prepare_prompts(
     for i, ids in enumerate(prompts):
         ids = list(ids)
         if not ids:
-            start = (
-                tokenizer.bos_id
-                if tokenizer.bos_id is not None
-                else (tokenizer.eos_ids or [None])[0]
-            )
-            if start is None:
-                raise ConfigError(
-                    f"prompt {i} is empty and the tokenizer has no BOS token to start from"
-                )
-            ids = [start]
+            ids = [start_token(tokenizer, i)]
         room = context - 1 if config.max_new_tokens else context
         if len(ids) > room:
             if config.truncate != "left":

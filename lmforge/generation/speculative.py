@@ -116,12 +116,11 @@ def _one_sequence(model, tokenizer, row, prompt, max_new, k, config, drafter):
         log_probs = torch.log_softmax(logits[0].float(), dim=-1)
         accepted = 0
         for i in range(len(draft) + 1):
-            history = torch.tensor([tokens])
-            scores = apply_processors(
-                steps,
-                History(history, torch.ones_like(history, dtype=torch.bool), len(prompt)),
-                logits[0, i : i + 1].float(),
-            )
+            scores = logits[0, i : i + 1].float()
+            if steps:  # the history tensor is only built when a processor reads it
+                history = torch.tensor([tokens])
+                valid = torch.ones_like(history, dtype=torch.bool)
+                scores = apply_processors(steps, History(history, valid, len(prompt)), scores)
             token = int(scores.argmax())
             tokens.append(token)
             generated += 1

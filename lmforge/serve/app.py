@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmforge.errors import ConfigError
+from lmforge.generation.search import start_token
 from lmforge.serve.batcher import DONE, Batcher, Job, QueueFull
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -347,9 +348,9 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
         try:
             encoded = [t if isinstance(t, list) else lm.tokenizer.encode(t) for t in texts]
             encoded = [lm.encode(ids) for ids in encoded]  # checks token ids against the vocabulary
+            encoded = [ids or [start_token(lm.tokenizer, i)] for i, ids in enumerate(encoded)]
         except ConfigError as exc:
             raise APIError(400, str(exc), param="prompt") from None
-        encoded = [ids or [lm.tokenizer.bos_id or 0] for ids in encoded]
         max_tokens = check_length(
             encoded, 16 if req.max_tokens is None else req.max_tokens, "prompt"
         )

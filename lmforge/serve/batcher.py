@@ -240,12 +240,13 @@ class Batcher:
             if max_new == 0:
                 self._finish(index, StreamEvent(row.choice, None, None, "", None, "length"))
                 continue
-            history = torch.tensor([row.tokens])
-            scores = apply_processors(
-                row.processors,
-                History(history, torch.ones_like(history, dtype=torch.bool), row.prompt_len),
-                row.logits[None],
-            )
+            scores = row.logits[None]
+            if row.processors:  # the history tensor is only built when a processor reads it
+                history = torch.tensor([row.tokens])
+                valid = torch.ones_like(history, dtype=torch.bool)
+                scores = apply_processors(
+                    row.processors, History(history, valid, row.prompt_len), scores
+                )
             if config.sampling:
                 probs = scores.softmax(dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=row.generator))
