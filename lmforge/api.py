@@ -12,6 +12,7 @@ from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
+from lmforge.models.gpt import GPTConfig
 from lmforge.quantize import quantized_mode
 
 _DTYPES = {
@@ -106,6 +107,17 @@ class LM:
     def info(self) -> dict[str, Any]:
         """Architecture, size, context and tokenizer: what `lmforge info` prints."""
         c = self.model.config
+        if not isinstance(c, GPTConfig):  # RNN and nn.Transformer LMs: their own hyper-parameters
+            details = {k: v for k, v in c.to_dict().items() if k != "extra"}
+            return {
+                "source": str(self.source),
+                "architecture": type(self.model).__name__,
+                "parameters": self.model.num_parameters(),
+                **details,
+                "tokenizer": type(self.tokenizer.backend.model).__name__,
+                "eos ids": self.tokenizer.eos_ids,
+                "dtype": str(self.model.dtype).replace("torch.", ""),
+            }
         return {
             "source": str(self.source),
             "family": c.extra.get("family"),

@@ -1,4 +1,5 @@
-"""`lmforge <verb>`: generate, chat, models, info, serve, embed, bench.
+"""`lmforge <verb>`: generate, chat, models, info, serve, embed, bench (and train, finetune,
+eval from `cli_train`).
 
 Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
 `lmforge models` answer at once.
@@ -508,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     _add_embed_parser(verbs)
+
+    from lmforge.cli_train import add_parsers as add_training_parsers
+
+    add_training_parsers(verbs)
 
     bench = verbs.add_parser(
         "bench", help="decode/prefill speed, start-up time, peak memory and bandwidth achieved"

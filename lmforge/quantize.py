@@ -281,4 +281,4 @@ def quantized_mode(model: nn.Module) -> str:
         return "int4"
     if Int8Linear in kinds:
         return "int8"
-    return "bf16" if model.norm.weight.dtype == torch.bfloat16 else "none"
+    return "bf16" if getattr(model, "dtype", None) == torch.bfloat16 else "none"

@@ -25,7 +25,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 class Checkpoint:
     """A loaded model with its tokenizer, and where it came from."""
 
-    model: GPT
+    model: torch.nn.Module  # GPT, RNNLM or TransformerLM
     tokenizer: Tokenizer
     source: Path
     generation_defaults: dict
@@ -81,6 +81,12 @@ def load_checkpoint(
 
     _check_mode(quantize, group_size)
     path = resolve(name_or_path)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        from lmforge.training.adapters import load_adapter_bundle
+
+        if quantize != "none":
+            raise CheckpointError(f"{path}: a LoRA adapter runs unquantised; merge it first")
+        return load_adapter_bundle(path, dtype=dtype)
     if path.is_dir():
         return _load_hf_directory(path, dtype, quantize, group_size)
     if path.suffix == ".gguf" or _starts_with(path, b"GGUF"):
@@ -188,6 +194,19 @@ def _load_hf_directory(
     )
 
     hf_config = read_hf_config(directory)
+    gen_path = directory / "generation_config.json"
+    generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    if str(hf_config.get("model_type", "")).startswith("lmforge-"):
+        from lmforge.checkpoints.bundle import load_lmforge_model
+
+        model = load_lmforge_model(hf_config, directory)
+        if quantize != "none":
+            raise CheckpointError(
+                f"{directory}: quantize={quantize!r} applies to GPT models only; this is a "
+                f"{type(model).__name__}"
+            )
+        tokenizer = Tokenizer.from_hf_directory(directory, generation)
+        return Checkpoint(model.to(dtype), tokenizer, directory, generation)
     config = config_from_hf(hf_config, str(directory / "config.json"))
     config.extra.update(
         source_format="huggingface",
@@ -195,7 +214,5 @@ def _load_hf_directory(
     )
     tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
     model = _finish(_build(config, tensors, str(directory)), dtype, quantize, group_size)
-    gen_path = directory / "generation_config.json"
-    generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     tokenizer = Tokenizer.from_hf_directory(directory, generation)
     return Checkpoint(model, tokenizer, directory, generation)

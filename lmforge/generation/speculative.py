@@ -81,6 +81,12 @@ def speculative_stream(
     (already checked by `prepare_prompts`). Yields the same events as the plain decode loop."""
     option = "draft_model" if draft_model is not None else "prompt_lookup_num_tokens"
     config.check_speculative(option)
+    for role, m in (("model", model), ("draft_model", draft_model)):
+        if m is not None and not hasattr(m.new_cache(1, 1), "length"):
+            raise ConfigError(
+                f"{option} needs a {role} with a key/value cache (a GPT); "
+                f"{type(m).__name__} cannot rewind its state to drop rejected tokens"
+            )
     if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
         raise ConfigError(
             f"draft_model has a vocabulary of {draft_model.config.vocab_size} tokens, the model "

@@ -41,11 +41,23 @@ class GPTConfig:
     out_bias: bool = True
     mlp_bias: bool = True
     tie_embeddings: bool = True
+    dropout: float = 0.0  # training only: after the embedding and each residual branch
     extra: dict[str, Any] = field(
         default_factory=dict
     )  # family name, source info; not used by the model
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"GPTConfig.{name}={getattr(self, name)}; expected a positive integer"
+                )
+        if self.head_dim is None and self.d_model % self.n_head:
+            raise ConfigError(
+                f"d_model (n_embd)={self.d_model} is not divisible by n_head={self.n_head}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"GPTConfig.dropout={self.dropout}; expected a value in [0, 1)")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.d_ff is None:
@@ -261,10 +273,11 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope, cache, start, attn_mask):
-        x = x + self.attn(self.attn_norm(x), rope, cache, start, attn_mask)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, start, attn_mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
 class GPT(nn.Module):
@@ -279,6 +292,7 @@ class GPT(nn.Module):
             if config.position == "learned"
             else None
         )
+        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -339,6 +353,7 @@ class GPT(nn.Module):
                     f"position {last} is beyond the context length {self.config.max_seq_len}"
                 )
             x = x + self.pos_embed(positions)
+        x = self.drop(x)
         rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
         attn_mask = self._attention_mask(cache, start, seq, mask)
         for block in self.blocks:
@@ -372,6 +387,18 @@ class GPT(nn.Module):
         # A padding query would see no key at all (NaN rows); let it see itself.
         allowed = allowed | (key_slots == query_slots)[None]
         return allowed[:, None]
+
+    def init_weights(self) -> None:
+        """GPT-2's initialisation for training from scratch: N(0, 0.02) weights, zero biases, and
+        residual output projections scaled by 1/sqrt(2 * n_layer) (nanoGPT does the same)."""
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            elif param.dim() >= 2:
+                std = 0.02
+                if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                    std /= math.sqrt(2 * self.config.n_layer)
+                nn.init.normal_(param, mean=0.0, std=std)
 
     def num_parameters(self) -> int:
         """Weights of the model, counting quantised layers (buffers) once, shared ones once."""

@@ -1,0 +1,173 @@
+"""`lmforge train`, `lmforge finetune` and `lmforge eval`.
+
+Every `TrainConfig` setting is also a flag (`--block-size`, `--lr`, ...), generated from the
+dataclass so the two never drift apart; flags override a `--config` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from lmforge.errors import ConfigError
+
+# Settings with a dedicated flag or chosen by the verb itself.
+_MANUAL = {"data", "arch", "tokenizer", "init_from", "lora_rank", "merge_lora"}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    from lmforge.training.config import TrainConfig
+
+    group = parser.add_argument_group("settings (see TrainConfig; default in brackets)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _MANUAL:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = str(f.type).split("|")[0].strip()  # "int | None" -> "int"
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=f"[{default}]")
+        if kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind.startswith("list"):
+            group.add_argument(flag, nargs="+", **common)
+        else:
+            group.add_argument(flag, type={"int": int, "float": float, "str": str}[kind], **common)
+
+
+def _settings(args: argparse.Namespace, **fixed) -> dict:
+    from lmforge.training.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and k not in _MANUAL}
+    values.update({k: v for k, v in fixed.items() if v is not None})
+    return values
+
+
+def _config(args: argparse.Namespace, **fixed):
+    from lmforge.training.config import TrainConfig
+
+    values = _settings(args, **fixed)
+    if args.config:
+        return TrainConfig.from_file(args.config, **values)
+    return TrainConfig.from_dict(values, "command line")
+
+
+def _report(result) -> None:
+    last = result.evaluations[-1] if result.evaluations else {}
+    parts = [f"step {result.step}"]
+    if "val_loss" in last:
+        parts.append(
+            f"val loss {last['val_loss']:.4f} (ppl {last['val_ppl']:.2f}, "
+            f"{last['val_bpc']:.3f} bits/char, {last['val_bpb']:.3f} bits/byte)"
+        )
+    if result.best_val_loss is not None:
+        parts.append(f"best val loss {result.best_val_loss:.4f}")
+    print("; ".join(parts))
+    print(f"run written to {result.out}; try: lmforge generate --model {result.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmforge.training.trainer import train
+
+    config = _config(args, data=args.data, arch=args.arch, tokenizer=args.tokenizer)
+    _report(train(config, args.out, resume=args.resume))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from lmforge.training.trainer import train
+
+    fixed = dict(data=args.data, init_from=args.model, tokenizer=args.model, arch="gpt",
+                 lora_rank=args.lora_rank if args.lora else 0, merge_lora=args.merge)  # fmt: skip
+    if args.merge and not args.lora:
+        raise ConfigError("--merge applies to --lora fine-tuning (full fine-tuning has no adapter)")
+    for name, value in (("block_size", 256), ("batch_size", 4), ("steps", 100), ("warmup", 10),
+                        ("eval_interval", 50), ("lr", 2e-4 if args.lora else 5e-5),
+                        ("min_lr", 0.0), ("weight_decay", 0.0)):  # fmt: skip
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    config = _config(args, **fixed)
+    _report(train(config, args.out, resume=args.resume))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import lmforge
+    from lmforge.data.corpus import Corpus
+    from lmforge.data.tokens import split_tokens, tokenize_corpus
+    from lmforge.training.trainer import evaluate
+
+    lm = lmforge.load(args.model)
+    tokens = tokenize_corpus(Corpus(args.data, args.field), lm.tokenizer)
+    if args.split != "all":
+        tokens = split_tokens(tokens, args.val_fraction, args.test_fraction)[args.split]
+    block = args.block_size or min(getattr(lm.model.config, "max_seq_len", 256), 1024)
+    if block <= 0:
+        raise ConfigError(f"--block-size {block}: expected a positive integer")
+    score = evaluate(lm.model, tokens, lm.tokenizer, block, args.batch_size)
+    result = {
+        "model": str(lm.source),
+        "data": args.data,
+        "split": args.split,
+        "tokens": score.tokens,
+        "loss": score.loss,
+        "perplexity": score.perplexity,
+        "bits_per_char": score.bits_per_char,
+        "bits_per_byte": score.bits_per_byte,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(
+                f"{key:<{width}}  {value:.4f}"
+                if isinstance(value, float)
+                else f"{key:<{width}}  {value}"
+            )
+    return 0
+
+
+def add_parsers(verbs) -> None:
+    from lmforge.models.presets import ARCHITECTURES
+
+    train = verbs.add_parser("train", help="train a language model on your text")
+    train.add_argument("--arch", choices=ARCHITECTURES, default="gpt")
+    train.add_argument("--data", default="shakespeare",
+                       help="text file, directory, glob, .jsonl, or 'shakespeare'")  # fmt: skip
+    train.add_argument("--tokenizer", default="char",
+                       help="char, word, bpe, or a pretrained model whose tokenizer to use")  # fmt: skip
+    train.add_argument("--out", required=True, type=Path, help="run directory (runs/NAME)")
+    train.add_argument("--config", help="YAML or JSON file of settings (flags win)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_setting_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    finetune = verbs.add_parser("finetune", help="fine-tune a pretrained model (full or LoRA)")
+    finetune.add_argument("--model", "-m", required=True, help="known name, GGUF file or directory")
+    finetune.add_argument("--data", required=True, help="text file, directory, glob or .jsonl")
+    finetune.add_argument("--out", required=True, type=Path)
+    finetune.add_argument("--lora", action="store_true", help="train low-rank adapters only")
+    finetune.add_argument("--lora-rank", type=int, default=8)
+    finetune.add_argument(
+        "--merge", action="store_true", help="save the merged model, not the adapter"
+    )
+    finetune.add_argument("--config", help="YAML or JSON file of settings (flags win)")
+    finetune.add_argument("--resume", action="store_true")
+    _add_setting_flags(finetune)
+    finetune.set_defaults(func=cmd_finetune)
+
+    ev = verbs.add_parser("eval", help="loss, perplexity and bits per char/byte on a text")
+    ev.add_argument("--model", "-m", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--field", default="text", help="JSONL field")
+    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
+                    help="score a split of the corpus as training splits it (default: all)")  # fmt: skip
+    ev.add_argument("--val-fraction", type=float, default=0.05)
+    ev.add_argument("--test-fraction", type=float, default=0.05)
+    ev.add_argument("--block-size", type=int, default=None, help="default: the model's context")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)

@@ -1,0 +1,121 @@
+"""Build any lmforge architecture from a name and a few hyper-parameters.
+
+`build_model("gpt", vocab_size, block_size, preset="micro")` gives a freshly initialised model;
+options left as None take the architecture's (or preset's) default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lmforge.errors import ConfigError
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.rnn import RNNLM, RNNConfig
+from lmforge.models.transformer import TransformerConfig, TransformerLM
+
+ARCHITECTURES = ("rnn", "lstm", "gru", "transformer", "gpt")
+# name -> (n_layer, n_head, n_embd). "micro" is nanoGPT's CPU setting, "small" its Shakespeare one.
+GPT_PRESETS = {
+    "nano": (3, 3, 48),
+    "micro": (4, 4, 128),
+    "mini": (6, 6, 192),
+    "small": (6, 6, 384),
+    "gpt2": (12, 12, 768),
+}
+GPT_FAMILIES = ("gpt2", "llama")
+
+
+def _family_config(family: str, n_embd: int) -> dict[str, Any]:
+    """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases) or a Llama
+    (RMSNorm, SwiGLU, RoPE, no biases); both export to transformers."""
+    if family == "gpt2":
+        return dict(norm="layernorm", mlp="gelu", position="learned", extra={"family": "gpt2"})
+    if family == "llama":
+        d_ff = -(-int(8 * n_embd / 3) // 32) * 32  # 8/3 d keeps SwiGLU's parameters at 4d's
+        return dict(
+            norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", d_ff=d_ff,
+            qkv_bias=False, out_bias=False, mlp_bias=False, extra={"family": "llama"},
+        )  # fmt: skip
+    raise ConfigError(f"family={family!r}; expected one of {GPT_FAMILIES}")
+
+
+def model_config(
+    arch: str,
+    vocab_size: int,
+    block_size: int,
+    preset: str | None = None,
+    family: str = "gpt2",
+    n_layer: int | None = None,
+    n_head: int | None = None,
+    n_embd: int | None = None,
+    hidden_size: int | None = None,
+    d_ff: int | None = None,
+    dropout: float | None = None,
+    tie_embeddings: bool | None = None,
+):
+    """The config dataclass of `arch` with these hyper-parameters (validated)."""
+    given = lambda value, default: default if value is None else value  # noqa: E731
+    tie = given(tie_embeddings, True)
+    if arch in ("rnn", "lstm", "gru"):
+        cell = {"rnn": "rnn_tanh", "lstm": "lstm", "gru": "gru"}[arch]
+        size = given(n_embd, 200)
+        return RNNConfig(
+            vocab_size=vocab_size, cell=cell, n_embd=size, hidden_size=given(hidden_size, size),
+            n_layer=given(n_layer, 2), dropout=given(dropout, 0.2), tie_embeddings=tie,
+        )  # fmt: skip
+    if arch == "transformer":
+        return TransformerConfig(
+            vocab_size=vocab_size, d_model=given(n_embd, 256), n_head=given(n_head, 4),
+            n_layer=given(n_layer, 4), d_ff=d_ff, dropout=given(dropout, 0.1),
+            max_seq_len=block_size, tie_embeddings=tie,
+        )  # fmt: skip
+    if arch == "gpt":
+        if preset is not None and preset not in GPT_PRESETS:
+            raise ConfigError(f"preset={preset!r}; expected one of {sorted(GPT_PRESETS)}")
+        layers, heads, width = GPT_PRESETS[preset or "micro"]
+        width = given(n_embd, width)
+        settings = _family_config(family, width)
+        if d_ff is not None:
+            settings["d_ff"] = d_ff
+        return GPTConfig(
+            vocab_size=vocab_size, n_layer=given(n_layer, layers), n_head=given(n_head, heads),
+            d_model=width, max_seq_len=block_size, tie_embeddings=tie,
+            dropout=given(dropout, 0.0), **settings,
+        )  # fmt: skip
+    raise ConfigError(f"arch={arch!r}; expected one of {ARCHITECTURES}")
+
+
+# config.json "model_type" of our own bundles -> (config class, model class)
+MODEL_TYPES = {
+    "lmforge-rnn": (RNNConfig, RNNLM),
+    "lmforge-transformer": (TransformerConfig, TransformerLM),
+    "lmforge-gpt": (GPTConfig, GPT),
+}
+
+
+def model_from_config(config) -> nn.Module:
+    """A freshly initialised model for a config dataclass."""
+    if isinstance(config, GPTConfig):
+        model = GPT(config)
+        model.init_weights()
+        return model
+    if isinstance(config, RNNConfig):
+        return RNNLM(config)
+    if isinstance(config, TransformerConfig):
+        return TransformerLM(config)
+    raise ConfigError(f"no model for config type {type(config).__name__}")
+
+
+def build_model(arch: str, vocab_size: int, block_size: int, **options) -> nn.Module:
+    """A freshly initialised model of `arch` (see `model_config` for the options)."""
+    return model_from_config(model_config(arch, vocab_size, block_size, **options))
+
+
+def model_type(model: nn.Module) -> str:
+    """The config.json "model_type" lmforge writes for `model` when it is not an HF family."""
+    for name, (_, cls) in MODEL_TYPES.items():
+        if isinstance(model, cls):
+            return name
+    raise ConfigError(f"{type(model).__name__} is not an lmforge model")

@@ -1,0 +1,154 @@
+"""Recurrent language models (RNN, LSTM, GRU) on lmforge's model protocol.
+
+The classic recipe of PyTorch's word_language_model: embedding -> dropout -> `torch.nn.RNN`/
+`LSTM`/`GRU` -> dropout -> linear decoder, optionally tied to the embedding. The hidden state is
+the generation cache: it summarises everything seen so far, so a step costs the same at token 10
+and token 10,000, and there is no context limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.errors import ConfigError
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+
+
+@dataclass
+class RNNConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    n_embd: int = 200
+    hidden_size: int = 200
+    n_layer: int = 2
+    dropout: float = 0.2
+    tie_embeddings: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell={self.cell!r}; expected one of {CELLS}")
+        for name in ("vocab_size", "n_embd", "hidden_size", "n_layer"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)}; expected a positive integer")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout}; expected a value in [0, 1)")
+        if self.tie_embeddings and self.n_embd != self.hidden_size:
+            raise ConfigError(
+                f"tied embeddings need n_embd == hidden_size (got {self.n_embd} and "
+                f"{self.hidden_size}); set them equal or turn tying off"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RNNState:
+    """The generation cache of a recurrent model: its hidden state, one row per sequence."""
+
+    def __init__(self, hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
+        self.hidden = hidden
+
+    def _map(self, fn) -> None:
+        h = self.hidden
+        self.hidden = tuple(fn(t) for t in h) if isinstance(h, tuple) else fn(h)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep/duplicate batch rows (beam search picks which beams continue)."""
+        self._map(lambda t: t[:, rows])
+
+    def detach(self) -> RNNState:
+        """Cut the graph at a chunk boundary (truncated back-propagation through time)."""
+        self._map(lambda t: t.detach())
+        return self
+
+
+class RNNLM(nn.Module):
+    """Embedding, a stack of recurrent layers, and a (possibly tied) output projection."""
+
+    # Recurrence has no context window; this bounds prompt + generated tokens in the engine only.
+    max_seq_len = 1 << 30
+
+    def __init__(self, config: RNNConfig):
+        super().__init__()
+        self.config = config
+        self.drop = nn.Dropout(config.dropout)
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        between = config.dropout if config.n_layer > 1 else 0.0
+        if config.cell == "lstm":
+            self.rnn = nn.LSTM(config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True)  # fmt: skip
+        elif config.cell == "gru":
+            self.rnn = nn.GRU(config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True)  # fmt: skip
+        else:
+            self.rnn = nn.RNN(
+                config.n_embd, config.hidden_size, config.n_layer, dropout=between,
+                nonlinearity=config.cell.removeprefix("rnn_"), batch_first=True,
+            )  # fmt: skip
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """word_language_model's initialisation: uniform(-0.1, 0.1) embedding and decoder."""
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        nn.init.zeros_(self.lm_head.bias)
+        if not self.config.tie_embeddings:
+            nn.init.uniform_(self.lm_head.weight, -0.1, 0.1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> RNNState:
+        """A zero hidden state for `batch_size` rows (`max_len` is ignored: no window)."""
+        c = self.config
+        zeros = lambda: torch.zeros(  # noqa: E731
+            c.n_layer, batch_size, c.hidden_size, dtype=self.dtype, device=self.embed.weight.device
+        )
+        return RNNState((zeros(), zeros()) if c.cell == "lstm" else zeros())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: RNNState | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, RNNState]:
+        """Logits for `input_ids` (batch, seq), continuing from the hidden state in `cache`.
+
+        mask: (batch, seq) bool, False marks left padding: those steps leave the state untouched,
+        so a prompt gives the same result alone or in a batch. `positions` is not needed."""
+        cache = cache if cache is not None else self.new_cache(input_ids.shape[0])
+        x = self.drop(self.embed(input_ids))
+        if mask is None or bool(mask.all()):
+            out, cache.hidden = self.rnn(x, cache.hidden)
+        else:
+            out = self._masked_steps(x, cache, mask)
+        if last_only:
+            out = out[:, -1:]
+        return self.lm_head(self.drop(out)), cache
+
+    def _masked_steps(self, x: torch.Tensor, cache: RNNState, mask: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for t in range(x.shape[1]):
+            out, new = self.rnn(x[:, t : t + 1], cache.hidden)
+            keep = mask[:, t]
+            if isinstance(new, tuple):
+                cache.hidden = tuple(
+                    torch.where(keep[None, :, None], n, o)
+                    for n, o in zip(new, cache.hidden, strict=True)
+                )
+            else:
+                cache.hidden = torch.where(keep[None, :, None], new, cache.hidden)
+            outputs.append(out)
+        return torch.cat(outputs, dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,100 @@
+"""Training state on disk: written atomically, verified when read, the previous one kept.
+
+`last.pt` is written to a temporary file, flushed to disk, and only then renamed over the old one
+(which becomes `previous.pt`). A crash, a full disk or a kill at any moment leaves at least one
+complete checkpoint; a corrupted `last.pt` is refused and `previous.pt` used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import CheckpointError
+
+STATE_FORMAT = 1
+LAST, PREVIOUS = "last.pt", "previous.pt"
+REQUIRED = ("format", "step", "config", "model", "optimizer", "scheduler", "rng", "data")
+
+
+def write_atomically(path: Path, write) -> None:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+    On any error the temporary file is removed and `path` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_state(state: dict[str, Any], directory: Path) -> Path:
+    """Write the training state as `directory/last.pt`, keeping the one before as `previous.pt`."""
+    state = {"format": STATE_FORMAT, **state}
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = directory / f".staged-{os.getpid()}.pt"
+    try:
+        write_atomically(staged, lambda f: torch.save(state, f))
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write a checkpoint in {directory} ({exc.strerror or exc}); "
+            "the previous checkpoint is intact"
+        ) from exc
+    last = directory / LAST
+    if last.exists():
+        os.replace(last, directory / PREVIOUS)
+    os.replace(staged, last)
+    _fsync_directory(directory)
+    return last
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """Load one checkpoint file and check it is complete; raise CheckpointError if not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, ...
+        raise CheckpointError(
+            f"{path} is corrupted or half-written ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise CheckpointError(f"{path} is not an lmforge training checkpoint (keys missing)")
+    if state["format"] != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format']}, expected {STATE_FORMAT}"
+        )
+    return state
+
+
+def load_latest_state(directory: Path) -> dict[str, Any]:
+    """`last.pt`, or `previous.pt` when the last one is damaged (with a warning)."""
+    last, previous = directory / LAST, directory / PREVIOUS
+    if not last.exists() and not previous.exists():
+        raise CheckpointError(f"nothing to resume: {directory} has no {LAST}")
+    try:
+        return read_state(last)
+    except CheckpointError as problem:
+        if not previous.exists():
+            raise
+        state = read_state(previous)
+        print(
+            f"warning: {problem}; resuming from {previous} (step {state['step']})", file=sys.stderr
+        )
+        return state

@@ -1,0 +1,130 @@
+"""Every setting of a training run in one dataclass, validated up front (read from flags, YAML or
+JSON), and saved with each checkpoint so a resumed run is the same run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    # what to train on
+    data: str = "shakespeare"
+    jsonl_field: str = "text"  # the JSONL field holding the text
+    tokenizer: str = "char"  # char | word | bpe | a pretrained model name or path
+    vocab_size: int = 8192  # bpe
+    lowercase: bool = False  # word
+    min_frequency: int = 1  # word
+    max_vocab: int | None = None  # word
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # the model (None: the architecture's default; see lmforge.models.presets)
+    arch: str = "gpt"
+    preset: str | None = None
+    family: str = "gpt2"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    hidden_size: int | None = None
+    d_ff: int | None = None
+    dropout: float | None = None
+    tie_embeddings: bool | None = None
+    block_size: int = 64  # context of a training window; bptt for recurrent models
+    # optimisation
+    batch_size: int = 12  # global: split across processes
+    grad_accum: int = 1
+    steps: int = 2000
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 turns clipping off
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False
+    # evaluation, checkpoints, logging
+    eval_interval: int = 250
+    eval_tokens: int | None = None  # cap on validation tokens per evaluation (None: all)
+    patience: int | None = None  # early stopping: evaluations without improvement
+    log_interval: int = 10
+    tensorboard: bool = False
+    seed: int = 1337
+    # fine-tuning
+    init_from: str | None = None  # a pretrained model to start from
+    lora_rank: int = 0  # > 0: train low-rank adapters only
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "out"])
+    merge_lora: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ["block_size", "batch_size", "grad_accum", "steps", "eval_interval",
+                    "log_interval", "vocab_size", "min_frequency"]  # fmt: skip
+        positive += [n for n in ("n_layer", "n_head", "n_embd", "hidden_size", "d_ff", "eval_tokens", "patience", "max_vocab") if getattr(self, n) is not None]  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name}={value!r}; expected a positive integer")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr}; the learning rate must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr={self.min_lr}; expected 0 <= min_lr <= lr={self.lr}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup={self.warmup}; expected >= 0 steps")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("grad_clip and weight_decay must be >= 0")
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank={self.lora_rank}; expected >= 0 (0: no LoRA)")
+        if self.lora_rank and not self.init_from:
+            raise ConfigError("LoRA adapts a pretrained model: pass init_from (--model)")
+        if (
+            self.n_embd
+            and self.n_head
+            and self.arch in ("gpt", "transformer")
+            and self.n_embd % self.n_head
+        ):
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "schedule": ("cosine", "linear", "constant"),
+            "precision": ("fp32", "bf16"),
+            "arch": ("rnn", "lstm", "gru", "transformer", "gpt"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Settings from a YAML or JSON file; `overrides` (e.g. command-line flags) win."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of setting: value")
+        return cls.from_dict({**values, **overrides}, str(path))

@@ -1,0 +1,479 @@
+"""One trainer for every lmforge model: from scratch or from a pretrained model, alone or under
+`torchrun`, stopped and resumed at any step with exactly the same result.
+
+A run directory holds the best model so far as a bundle (`lmforge generate --model DIR` loads
+it), `checkpoints/last.pt` (everything needed to resume), `metrics.csv` and `loss.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.data.batches import RandomWindows, Streams, eval_chunks
+from lmforge.data.corpus import Corpus
+from lmforge.data.tokens import split_tokens, tokenize_corpus, tokenizer_digest
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.tokenizers import Tokenizer
+from lmforge.training import checkpointing
+from lmforge.training.config import TrainConfig
+from lmforge.training.distributed import setup, teardown
+from lmforge.training.schedule import make_scheduler
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Evaluation:
+    """Held-out scores: mean loss per token (nats) and what it means per character and byte."""
+
+    loss: float
+    tokens: int
+    bits_per_char: float
+    bits_per_byte: float
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    train_losses: list[float]  # one per optimizer step, from step 0
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_val_loss: float | None = None
+    stopped_early: bool = False
+
+
+def is_stateful(model: nn.Module) -> bool:
+    """Recurrent models carry hidden state from one chunk of text to the next."""
+    from lmforge.models.rnn import RNNLM
+
+    return isinstance(model, RNNLM)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    tokens,
+    tokenizer: Tokenizer,
+    block_size: int,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    max_tokens: int | None = None,
+) -> Evaluation:
+    """Mean next-token loss over `tokens`, each predicted once: recurrent models carry state
+    across chunks, attention models see each chunk on its own (up to `block_size` of context)."""
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    stateful = is_stateful(model)
+    device = next(model.parameters()).device
+    for x, y, first in eval_chunks(tokens, block_size, batch_size):
+        x, y = x.to(device), y.to(device)
+        if first or not stateful:
+            state = None
+        with _autocast(precision, device):
+            logits, state = model(x, state) if stateful else model(x)
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    model.train(was_training)
+    text = tokenizer.decode([int(t) for t in tokens[: count + 1]], skip_special_tokens=False)
+    bits = total / math.log(2)
+    return Evaluation(
+        total / count, count, bits / max(1, len(text)), bits / max(1, len(text.encode()))
+    )
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """nanoGPT's split: matrices and embeddings decay; biases and norm weights do not."""
+    decay, no_decay = [], []
+    for param in {id(p): p for p in model.parameters() if p.requires_grad}.values():
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":  # word_language_model's plain SGD
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+    )
+
+
+def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
+    """Train the configured tokenizer on the training text, or take a pretrained model's."""
+    from lmforge.tokenizers.train import KINDS, train_tokenizer
+
+    if config.init_from:
+        from lmforge.checkpoints import load_checkpoint
+
+        if config.tokenizer not in ("char", config.init_from):
+            raise ConfigError(
+                "fine-tuning keeps the pretrained model's tokenizer; drop --tokenizer"
+            )
+        return load_checkpoint(config.init_from).tokenizer
+    if config.tokenizer in KINDS:
+        options: dict[str, Any] = {}
+        if config.tokenizer == "word":
+            options = dict(lowercase=config.lowercase, min_frequency=config.min_frequency,
+                           max_vocab=config.max_vocab)  # fmt: skip
+        elif config.tokenizer == "bpe":
+            options = dict(vocab_size=config.vocab_size)
+        return train_tokenizer(config.tokenizer, corpus.texts(), **options)
+    from lmforge.checkpoints import load_checkpoint
+
+    return load_checkpoint(config.tokenizer).tokenizer
+
+
+def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
+    """A new model of `config.arch`, or the pretrained `init_from` (with LoRA adapters if asked)."""
+    from lmforge.models.presets import build_model as build
+
+    if config.init_from:
+        from lmforge.checkpoints import load_checkpoint
+
+        model = load_checkpoint(config.init_from).model.float()
+        model.config.max_seq_len = max(model.config.max_seq_len, config.block_size)
+        if config.lora_rank:
+            from lmforge.training.lora import apply_lora
+
+            apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
+        return model
+    torch.manual_seed(config.seed)
+    return build(
+        config.arch, tokenizer.vocab_size, config.block_size, preset=config.preset,
+        family=config.family, n_layer=config.n_layer, n_head=config.n_head,
+        n_embd=config.n_embd, hidden_size=config.hidden_size, d_ff=config.d_ff,
+        dropout=config.dropout, tie_embeddings=config.tie_embeddings,
+    )  # fmt: skip
+
+
+class Trainer:
+    """Runs (or resumes) one training run into the directory `out`."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False):
+        self.out = Path(out)
+        self.checkpoints = self.out / CHECKPOINTS
+        self.dist = setup(config.batch_size)
+        self.state = checkpointing.load_latest_state(self.checkpoints) if resume else None
+        if self.state is None and (self.checkpoints / checkpointing.LAST).exists():
+            raise ConfigError(
+                f"--out {self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        if self.state is not None:
+            saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoints}")
+            if config.steps > saved.steps:  # resuming may extend a finished run
+                saved.steps = config.steps
+            config = saved
+        self.config = config
+        self.corpus = Corpus(config.data, config.jsonl_field)
+        self.tokenizer = self._tokenizer()
+        tokens = tokenize_corpus(self.corpus, self.tokenizer)
+        self.splits = split_tokens(tokens, config.val_fraction, config.test_fraction)
+        self.model = build_model(config, self.tokenizer).to(self.dist.device)
+        self.model.train()
+        self.stateful = is_stateful(self.model)
+        batches_cls = Streams if self.stateful else RandomWindows
+        args = (self.splits.train, config.block_size, config.batch_size)
+        self.batches = batches_cls(*args) if self.stateful else batches_cls(*args, config.seed)
+        self.optimizer = make_optimizer(self.model, config)
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self.step, self.train_losses, self.evaluations = 0, [], []
+        self.best_val, self.bad_evals, self.hidden = None, 0, None
+        if self.state is not None:
+            self._restore(self.state)
+        self.runner = self._wrap(self.model)
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.state is not None:
+            tokenizer = Tokenizer.from_hf_directory(self.out)
+            if tokenizer_digest(tokenizer) != self.state["tokenizer_digest"]:
+                raise CheckpointError(
+                    f"{self.out}/tokenizer.json does not match the tokenizer of the checkpoint "
+                    "being resumed (it was changed or replaced); restore it or start a new run"
+                )
+            return tokenizer
+        tokenizer = build_tokenizer(self.config, self.corpus)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(self.out)
+        return tokenizer
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        runner = model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            runner = DistributedDataParallel(model, device_ids=device_ids)
+        if self.config.compile:
+            runner = torch.compile(runner)
+        return runner
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise CheckpointError(
+                f"{self.checkpoints}: the checkpoint's weights do not fit this model "
+                f"(missing {sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step = state["step"]
+        self.train_losses = list(state["train_losses"])
+        self.evaluations = list(state["evaluations"])
+        self.best_val, self.bad_evals = state["best_val"], state["bad_evals"]
+        hidden = state.get("hidden")
+        if hidden is not None:
+            from lmforge.models.rnn import RNNState
+
+            rows = lambda t: self.dist.shard(t.transpose(0, 1)).transpose(0, 1).contiguous()  # noqa: E731
+            parts = (
+                tuple(rows(t) for t in hidden)
+                if isinstance(hidden, (list, tuple))
+                else rows(hidden)
+            )
+            self.hidden = RNNState(parts)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        config, dist = self.config, self.dist
+        writer = self._tensorboard()
+        bar = tqdm(
+            total=config.steps, initial=self.step, disable=not dist.is_main or None,
+            desc=f"training {config.arch}", unit="step", dynamic_ncols=True,
+        )  # fmt: skip
+        tokens_per_step = config.batch_size * config.block_size * config.grad_accum
+        stopped_early = False
+        last_time = time.perf_counter()
+        try:
+            while self.step < config.steps:
+                loss = self._train_step()
+                self.train_losses.append(loss)
+                self.step += 1
+                now = time.perf_counter()
+                speed = tokens_per_step / max(now - last_time, 1e-9)
+                last_time = now
+                bar.update(1)
+                if self.step % config.log_interval == 0 or self.step == config.steps:
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
+                    if writer is not None:
+                        writer.add_scalar("train/loss", loss, self.step)
+                        writer.add_scalar("train/lr", lr, self.step)
+                if self.step % config.eval_interval == 0 or self.step == config.steps:
+                    stopped_early = self._evaluate_and_save(speed, writer)
+                    last_time = time.perf_counter()  # evaluation time is not training speed
+                    if stopped_early:
+                        break
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        result = TrainResult(self.out, self.step, list(self.train_losses), list(self.evaluations),
+                             self.best_val, stopped_early)  # fmt: skip
+        teardown()
+        return result
+
+    def _train_step(self) -> float:
+        config, dist = self.config, self.dist
+        total = 0.0
+        for micro in range(config.grad_accum):
+            x, y, new_epoch = self.batches.next()
+            x, y = dist.shard(x).to(dist.device), dist.shard(y).to(dist.device)
+            sync = micro == config.grad_accum - 1 or not dist.active
+            context = self.runner.no_sync() if not sync else contextlib.nullcontext()
+            with context, _autocast(config.precision, dist.device):
+                if self.stateful:
+                    if new_epoch or self.hidden is None:
+                        self.hidden = self.model.new_cache(x.shape[0])
+                    logits, self.hidden = self.runner(x, self.hidden)
+                    self.hidden.detach()
+                else:
+                    logits, _ = self.runner(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / config.grad_accum).backward()
+            total += loss.item() / config.grad_accum
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return dist.mean(total)
+
+    def _evaluate_and_save(self, speed: float, writer) -> bool:
+        """Score the validation split, keep the best model, checkpoint; True to stop early."""
+        config = self.config
+        record: dict[str, Any] = {
+            "step": self.step,
+            "tokens": self.step * config.batch_size * config.block_size * config.grad_accum,
+            "train_loss": sum(self.train_losses[-config.log_interval :])
+            / len(self.train_losses[-config.log_interval :]),
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": speed,
+        }
+        improved = True
+        if len(self.splits.val) > 1:
+            score = evaluate(self.model, self.splits.val, self.tokenizer, config.block_size,
+                             precision=config.precision, max_tokens=config.eval_tokens)  # fmt: skip
+            record.update(val_loss=score.loss, val_ppl=score.perplexity,
+                          val_bpc=score.bits_per_char, val_bpb=score.bits_per_byte)  # fmt: skip
+            improved = self.best_val is None or score.loss < self.best_val
+            if improved:
+                self.best_val, self.bad_evals = score.loss, 0
+            else:
+                self.bad_evals += 1
+            if writer is not None:
+                writer.add_scalar("val/loss", score.loss, self.step)
+        self.evaluations.append(record)
+        stop = config.patience is not None and self.bad_evals >= config.patience
+        if self.dist.is_main:
+            if improved:
+                self.save_model(self.out)
+            self._save_state()
+            self._write_metrics()
+            self._plot()
+            if stop:
+                print(f"early stopping at step {self.step}: no improvement in "
+                      f"{config.patience} evaluations", file=sys.stderr)  # fmt: skip
+        self.dist.barrier()
+        return stop
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    def save_model(self, directory: Path) -> None:
+        """The model as a bundle (with LoRA: the adapter alone, or merged if asked)."""
+        from lmforge.checkpoints.bundle import save_bundle
+
+        extra = {"train": self.config.to_dict(), "step": self.step}
+        if self.config.lora_rank and not self.config.merge_lora:
+            from lmforge.training.adapters import save_adapter
+
+            save_adapter(self.model, self.config, self.tokenizer, directory)
+            return
+        model = self.model
+        if self.config.lora_rank:
+            import copy
+
+            from lmforge.training.lora import merge_lora
+
+            model = merge_lora(copy.deepcopy(model))
+        save_bundle(model, self.tokenizer, directory, extra_config=extra)
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.config.lora_rank:  # the frozen base is rebuilt from init_from on resume
+            from lmforge.training.lora import lora_state_dict
+
+            return lora_state_dict(self.model)
+        return self.model.state_dict()
+
+    def _save_state(self) -> None:
+        hidden = None
+        if self.hidden is not None:
+            gather = lambda t: self.dist.gather_rows(t, dim=1)  # noqa: E731
+            h = self.hidden.hidden
+            hidden = tuple(gather(t) for t in h) if isinstance(h, tuple) else gather(h)
+        checkpointing.save_state(
+            {
+                "step": self.step,
+                "config": self.config.to_dict(),
+                "tokenizer_digest": tokenizer_digest(self.tokenizer),
+                "model": self._model_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
+                "data": self.batches.state_dict(),
+                "hidden": hidden,
+                "train_losses": self.train_losses,
+                "evaluations": self.evaluations,
+                "best_val": self.best_val,
+                "bad_evals": self.bad_evals,
+            },
+            self.checkpoints,
+        )
+
+    def _write_metrics(self) -> None:
+        columns = ["step", "tokens", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_bpb",
+                   "lr", "tokens_per_s"]  # fmt: skip
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.evaluations)
+        data = buffer.getvalue().encode()
+        checkpointing.write_atomically(self.out / "metrics.csv", lambda f: f.write(data))
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, lw=0.8, alpha=0.6,
+                label="train (per step)")  # fmt: skip
+        val = [(e["step"], e["val_loss"]) for e in self.evaluations if "val_loss" in e]
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(f"{self.config.arch} on {self.config.data}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        checkpointing.write_atomically(
+            self.out / "loss.png", lambda f: fig.savefig(f, format="png")
+        )
+        plt.close(fig)
+
+    def _tensorboard(self):
+        if not self.config.tensorboard or not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "tensorboard=True needs the tensorboard package: pip install tensorboard"
+            ) from None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    """Train (or resume) a run; see `TrainConfig` for the settings."""
+    return Trainer(config, out, resume).run()
