@@ -134,11 +134,9 @@ def add_parsers(verbs) -> None:
     from lmforge.models.presets import ARCHITECTURES
 
     train = verbs.add_parser("train", help="train a language model on your text")
-    train.add_argument("--arch", choices=ARCHITECTURES, default="gpt")
-    train.add_argument("--data", default="shakespeare",
-                       help="text file, directory, glob, .jsonl, or 'shakespeare'")  # fmt: skip
-    train.add_argument("--tokenizer", default="char",
-                       help="char, word, bpe, or a pretrained model whose tokenizer to use")  # fmt: skip
+    train.add_argument("--arch", choices=ARCHITECTURES, help="[gpt]")
+    train.add_argument("--data", help="text file, directory, glob, .jsonl, or [shakespeare]")
+    train.add_argument("--tokenizer", help="[char], word, bpe, or a pretrained model's")
     train.add_argument("--out", required=True, type=Path, help="run directory (runs/NAME)")
     train.add_argument("--config", help="YAML or JSON file of settings (flags win)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

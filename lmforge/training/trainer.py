@@ -157,6 +157,7 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
     """A new model of `config.arch`, or the pretrained `init_from` (with LoRA adapters if asked)."""
     from lmforge.models.presets import build_model as build
 
+    torch.manual_seed(config.seed)  # initial weights (and LoRA's A) are part of the run
     if config.init_from:
         from lmforge.checkpoints import load_checkpoint
 
@@ -167,7 +168,6 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
 
             apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
         return model
-    torch.manual_seed(config.seed)
     return build(
         config.arch, tokenizer.vocab_size, config.block_size, preset=config.preset,
         family=config.family, n_layer=config.n_layer, n_head=config.n_head,

@@ -1,0 +1,237 @@
+"""Training: every architecture learns and generates, runs resume exactly, torchrun matches one
+process, bundles load in transformers, checkpoints survive corruption and full disks."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.training.config import TrainConfig
+from lmforge.training.trainer import Trainer, train
+from tests.conftest import SHARED_DATA
+
+TINY = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    path.write_text(TINY.read_text()[:60_000])
+    return path
+
+
+def small(corpus, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(corpus), steps=60, eval_interval=30, block_size=32, batch_size=8,
+        n_layer=2, n_embd=48, n_head=2, warmup=5, lr=3e-3, min_lr=3e-4, eval_tokens=2000,
+        log_interval=10, val_fraction=0.1, test_fraction=0.0,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+DECODING = [
+    {},
+    {"do_sample": True, "temperature": 0.8, "top_k": 20, "seed": 1},
+    {"do_sample": True, "top_p": 0.9, "min_p": 0.05, "seed": 2},
+    {"do_sample": True, "typical_p": 0.9, "seed": 3},
+    {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3},
+    {"num_beams": 3, "length_penalty": 1.0},
+    {"num_beams": 2, "num_return_sequences": 2},
+]
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru", "transformer", "gpt"])
+def test_every_architecture_learns_and_generates_with_every_decoding_option(arch, corpus, tmp_path):
+    result = train(small(corpus, arch=arch), tmp_path / arch)
+    first, last = result.train_losses[0], sum(result.train_losses[-10:]) / 10
+    assert last < first - 1.0, f"{arch}: loss {first:.3f} -> {last:.3f}"
+    assert result.evaluations[-1]["val_loss"] < result.evaluations[0]["val_loss"] + 0.05
+    assert (tmp_path / arch / "metrics.csv").read_text().count("\n") == 3
+    assert (tmp_path / arch / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    lm = lmforge.load(tmp_path / arch)
+    for options in DECODING:
+        out = lm.generate("ROMEO:", max_new_tokens=12, **options)
+        outs = out if isinstance(out, list) else [out]
+        assert all(len(o.token_ids) == 12 or o.finish_reason == "eos" for o in outs), options
+    # a prompt gives the same greedy tokens alone and left-padded in a batch
+    alone = lm.generate("KING", max_new_tokens=10)
+    batched = lm.generate(["First Citizen:\nBefore", "KING"], max_new_tokens=10)
+    assert batched[1].token_ids == alone.token_ids
+    streamed = "".join(e.text for e in lm.stream("KING", max_new_tokens=10))
+    assert streamed == alone.text
+
+
+def test_recurrent_models_refuse_speculative_decoding(corpus, tmp_path):
+    train(small(corpus, arch="gru", steps=2, eval_interval=2), tmp_path / "gru")
+    lm = lmforge.load(tmp_path / "gru")
+    with pytest.raises(ConfigError, match="key/value cache"):
+        lm.generate("KING", max_new_tokens=5, prompt_lookup_num_tokens=3)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_a_resumed_run_gives_exactly_the_losses_of_an_uninterrupted_one(
+    arch, corpus, tmp_path, monkeypatch
+):
+    config = small(corpus, arch=arch, steps=24, eval_interval=8, dropout=0.1)
+    whole = train(config, tmp_path / "whole")
+
+    real_step = Trainer._train_step
+
+    def interrupted_at_19(self):
+        if self.step == 19:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) after the step-16 checkpoint
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted_at_19)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "split")
+    monkeypatch.undo()
+    resumed = train(config, tmp_path / "split", resume=True)
+    assert resumed.train_losses == whole.train_losses  # bit for bit
+    assert [e.get("val_loss") for e in resumed.evaluations] == [
+        e.get("val_loss") for e in whole.evaluations
+    ]
+    a = lmforge.load(tmp_path / "whole").model.state_dict()
+    b = lmforge.load(tmp_path / "split").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_with_two_processes_matches_one_process(corpus, tmp_path):
+    args = ["--arch", "gpt", "--data", str(corpus), "--steps", "12", "--eval-interval", "12",
+            "--block-size", "32", "--batch-size", "8", "--n-layer", "2", "--n-embd", "48",
+            "--n-head", "2", "--warmup", "2", "--eval-tokens", "1000"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "lmforge", "train", *args, "--out", str(tmp_path / "one")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "lmforge", "train", *args, "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = torch.load(tmp_path / "one/checkpoints/last.pt", weights_only=True)["train_losses"]
+    two = torch.load(tmp_path / "two/checkpoints/last.pt", weights_only=True)["train_losses"]
+    assert len(one) == len(two) == 12
+    assert one[-1] < one[0] - 0.5
+    assert two == pytest.approx(one, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_exported_gpt_bundle_gives_the_same_logits_in_transformers(family, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    train(small(corpus, arch="gpt", family=family, steps=10, eval_interval=10), tmp_path / "run")
+    ours = lmforge.load(tmp_path / "run")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+    ids = torch.tensor([ours.tokenizer.encode("ROMEO:\nWhat light, é")])
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        got, _ = ours.model(ids)
+    assert theirs.config.model_type == family
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_word_level_lstm_in_the_style_of_word_language_model(corpus, tmp_path):
+    config = small(corpus, arch="lstm", tokenizer="word", optimizer="sgd", lr=20.0, min_lr=20.0,
+                   schedule="constant", warmup=0, grad_clip=0.25, weight_decay=0.0,
+                   block_size=35, batch_size=20, steps=40, eval_interval=20, n_embd=64)  # fmt: skip
+    result = train(config, tmp_path / "words")
+    lm = lmforge.load(tmp_path / "words")
+    assert sum(result.train_losses[-5:]) < sum(result.train_losses[:5]) - 5 * 1.0
+    uniform = math.log(lm.tokenizer.vocab_size)
+    assert min(e["val_loss"] for e in result.evaluations) < uniform - 1.0
+    assert "<eos>" in lm.tokenizer.backend.get_vocab()
+    assert lm.generate("the king", max_new_tokens=5, num_beams=2).token_ids
+
+
+def test_resume_refuses_a_changed_tokenizer(corpus, tmp_path):
+    train(small(corpus, arch="gpt", steps=4, eval_interval=4), tmp_path / "run")
+    from lmforge.tokenizers.train import train_char_tokenizer
+
+    train_char_tokenizer(["xyz"]).save(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="does not match the tokenizer"):
+        train(small(corpus, arch="gpt", steps=8), tmp_path / "run", resume=True)
+
+
+def test_a_corrupted_last_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, capsys):
+    config = small(corpus, arch="gpt", steps=8, eval_interval=4)
+    train(config, tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # half-written
+    resumed = train(
+        small(corpus, arch="gpt", steps=12, eval_interval=4), tmp_path / "run", resume=True
+    )
+    assert "resuming from" in capsys.readouterr().err
+    assert resumed.step == 12 and len(resumed.train_losses) == 12
+    for name in ("last.pt", "previous.pt"):
+        (tmp_path / "run/checkpoints" / name).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupted or half-written"):
+        train(config, tmp_path / "run", resume=True)
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
+    train(small(corpus, arch="gpt", steps=4, eval_interval=4), tmp_path / "run")
+    before = (tmp_path / "run/checkpoints/last.pt").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(
+        CheckpointError, match="No space left on device.*previous checkpoint is intact"
+    ):
+        train(small(corpus, arch="gpt", steps=8, eval_interval=4), tmp_path / "run", resume=True)
+    assert (tmp_path / "run/checkpoints/last.pt").read_bytes() == before
+    assert not [p for p in (tmp_path / "run/checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_bad_settings_name_the_setting(corpus, tmp_path):
+    cases = [
+        (dict(n_embd=50, n_head=4), "n_embd=50 is not divisible by n_head=4"),
+        (dict(lr=0.0), "lr=0.0"),
+        (dict(block_size=0), "block_size=0"),
+        (dict(batch_size=-1), "batch_size=-1"),
+        (dict(optimizer="adam"), "optimizer='adam'"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            small(corpus, **overrides)
+    with pytest.raises(ConfigError, match="fewer than one block"):
+        train(small(corpus, block_size=60_000), tmp_path / "big")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(small(corpus, steps=2, eval_interval=2), tmp_path / "again")
+        train(small(corpus, steps=2, eval_interval=2), tmp_path / "again")
+    with pytest.raises(ConfigError, match="unknown settings"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_config_file_and_cli_flags(corpus, tmp_path):
+    from lmforge.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {corpus}\narch: gru\nsteps: 6\neval_interval: 3\nblock_size: 16\n"
+                      "n_embd: 32\nbatch_size: 4\n")  # fmt: skip
+    assert (
+        main(["train", "--config", str(config), "--steps", "4", "--out", str(tmp_path / "r")]) == 0
+    )
+    state = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)
+    assert state["config"]["arch"] == "gru" and state["step"] == 4  # the flag wins over the file
+    assert main(["eval", "--model", str(tmp_path / "r"), "--data", str(corpus), "--json"]) == 0
+    assert main(["train", "--out", str(tmp_path / "x"), "--data", str(corpus), "--lr", "-1"]) == 2
