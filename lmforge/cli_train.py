@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from lmforge.errors import ConfigError
@@ -55,6 +56,8 @@ def _config(args: argparse.Namespace, **fixed):
 
 
 def _report(result) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
+        return
     last = result.evaluations[-1] if result.evaluations else {}
     parts = [f"step {result.step}"]
     if "val_loss" in last:
@@ -64,6 +67,7 @@ def _report(result) -> None:
         )
     if result.best_val_loss is not None:
         parts.append(f"best val loss {result.best_val_loss:.4f}")
+    parts.append(f"{result.ms_per_step:.1f} ms/step")
     print("; ".join(parts))
     print(f"run written to {result.out}; try: lmforge generate --model {result.out}")
 

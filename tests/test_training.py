@@ -106,7 +106,8 @@ def test_a_resumed_run_gives_exactly_the_losses_of_an_uninterrupted_one(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_with_two_processes_matches_one_process(corpus, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_torchrun_with_two_processes_matches_one_process(sharding, corpus, tmp_path):
     args = ["--arch", "gpt", "--data", str(corpus), "--steps", "12", "--eval-interval", "12",
             "--block-size", "32", "--batch-size", "8", "--n-layer", "2", "--n-embd", "48",
             "--n-head", "2", "--warmup", "2", "--eval-tokens", "1000"]  # fmt: skip
@@ -118,7 +119,8 @@ def test_torchrun_with_two_processes_matches_one_process(corpus, tmp_path):
     assert single.returncode == 0, single.stderr[-2000:]
     double = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lmforge", "train", *args, "--out", str(tmp_path / "two")],
+         "-m", "lmforge", "train", *args, "--out", str(tmp_path / "two"),
+         *(["--fsdp"] if sharding == "fsdp" else [])],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr[-3000:]
@@ -127,6 +129,11 @@ def test_torchrun_with_two_processes_matches_one_process(corpus, tmp_path):
     assert len(one) == len(two) == 12
     assert one[-1] < one[0] - 0.5
     assert two == pytest.approx(one, rel=1e-4, abs=1e-4)
+    # the bundle written from the (possibly sharded) run matches the single-process model
+    a = lmforge.load(tmp_path / "one").model.state_dict()
+    b = lmforge.load(tmp_path / "two").model.state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -31,7 +31,8 @@ def hf_family(config: GPTConfig) -> str | None:
     """ "gpt2" or "llama" when the config is exactly expressible as that HF architecture."""
     square = config.n_head * config.head_dim == config.d_model
     if (
-        config.norm == "layernorm" and config.mlp == "gelu" and config.position == "learned"
+        config.norm == "layernorm" and config.mlp in ("gelu", "gelu_exact")
+        and config.position == "learned"
         and config.qkv_bias and config.out_bias and config.mlp_bias
         and config.n_kv_head == config.n_head and square
     ):  # fmt: skip
@@ -55,7 +56,7 @@ def _hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str
             "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
             "vocab_size": config.vocab_size, "n_layer": config.n_layer, "n_head": config.n_head,
             "n_embd": config.d_model, "n_inner": config.d_ff, "n_positions": config.max_seq_len,
-            "layer_norm_epsilon": config.norm_eps, "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps, "activation_function": "gelu_new" if config.mlp == "gelu" else "gelu",
             "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
             "attn_pdrop": 0.0, "tie_word_embeddings": config.tie_embeddings, **ids,
         }  # fmt: skip

@@ -17,12 +17,20 @@ from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPTConfig
 
 SUPPORTED_ARCHITECTURES = ("gpt2", "llama")
+# GPT-2 config "activation_function" -> our MLP kind
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig:
     """Translate a transformers `config.json` dict into a `GPTConfig`."""
     model_type = hf.get("model_type")
     if model_type == "gpt2":
+        activation = hf.get("activation_function", "gelu_new")
+        if activation not in _GPT2_ACTIVATIONS:
+            raise CheckpointError(
+                f"{source}: GPT-2 activation_function {activation!r} is not supported; "
+                f"supported: {sorted(_GPT2_ACTIVATIONS)}"
+            )
         if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
             raise CheckpointError(
                 f"{source}: GPT-2 variants with scale_attn_by_inverse_layer_idx are not supported"
@@ -36,7 +44,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
             max_seq_len=hf["n_positions"],
             norm="layernorm",
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            mlp="gelu",
+            mlp=_GPT2_ACTIVATIONS.get(hf.get("activation_function", "gelu_new"), "unsupported"),
             position="learned",
             tie_embeddings=hf.get("tie_word_embeddings", True),
             extra={"family": "gpt2"},

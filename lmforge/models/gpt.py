@@ -33,7 +33,7 @@ class GPTConfig:
     max_seq_len: int = 1024
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # "gelu" (GPT-2: tanh approximation) | "swiglu" (Llama)
+    mlp: str = "gelu"  # "gelu" (GPT-2: tanh approximation) | "gelu_exact" (erf) | "swiglu" (Llama)
     position: str = "learned"  # "learned" | "rope"
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear"|"llama3", ...}
@@ -66,7 +66,7 @@ class GPTConfig:
             self.head_dim = self.d_model // self.n_head
         choices = {
             "norm": ("layernorm", "rmsnorm"),
-            "mlp": ("gelu", "swiglu"),
+            "mlp": ("gelu", "gelu_exact", "swiglu"),
             "position": ("learned", "rope"),
         }
         for name, allowed in choices.items():
@@ -236,13 +236,16 @@ class MLP(nn.Module):
             self.gate_up = nn.Linear(config.d_model, 2 * config.d_ff, bias=config.mlp_bias)
         else:
             self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
+            # erf GELU (nanoGPT's choice) trains several times faster on CPUs than the tanh
+            # approximation, whose backward pass PyTorch does not vectorise as well.
+            self.approximate = "tanh" if config.mlp == "gelu" else "none"
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
         if self.swiglu:
             gate, up = self.gate_up(x).chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
-        return self.down(F.gelu(self.up(x), approximate="tanh"))
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
 
 
 class RMSNorm(nn.Module):

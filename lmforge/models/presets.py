@@ -31,7 +31,10 @@ def _family_config(family: str, n_embd: int) -> dict[str, Any]:
     """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases) or a Llama
     (RMSNorm, SwiGLU, RoPE, no biases); both export to transformers."""
     if family == "gpt2":
-        return dict(norm="layernorm", mlp="gelu", position="learned", extra={"family": "gpt2"})
+        # erf GELU as nanoGPT trains it (transformers' activation_function "gelu")
+        return dict(
+            norm="layernorm", mlp="gelu_exact", position="learned", extra={"family": "gpt2"}
+        )
     if family == "llama":
         d_ff = -(-int(8 * n_embd / 3) // 32) * 32  # 8/3 d keeps SwiGLU's parameters at 4d's
         return dict(

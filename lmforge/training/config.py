@@ -18,6 +18,7 @@ class TrainConfig:
     jsonl_field: str = "text"  # the JSONL field holding the text
     tokenizer: str = "char"  # char | word | bpe | a pretrained model name or path
     vocab_size: int = 8192  # bpe
+    byte_fallback: bool = True  # char: unseen characters become UTF-8 byte tokens, not <unk>
     lowercase: bool = False  # word
     min_frequency: int = 1  # word
     max_vocab: int | None = None  # word
@@ -50,6 +51,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 turns clipping off
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state
     # evaluation, checkpoints, logging
     eval_interval: int = 250
     eval_tokens: int | None = None  # cap on validation tokens per evaluation (None: all)

@@ -56,6 +56,12 @@ class TrainResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     best_val_loss: float | None = None
     stopped_early: bool = False
+    train_seconds: float = 0.0  # time in training steps this session (no evaluation, no saving)
+    steps_run: int = 0  # steps this session (fewer than `step` after a resume)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.train_seconds / max(1, self.steps_run)
 
 
 def is_stateful(model: nn.Module) -> bool:
@@ -103,7 +109,7 @@ def evaluate(
 def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # (entering even a disabled autocast costs ~2 ms a step)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -121,10 +127,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer == "sgd":  # word_language_model's plain SGD
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel updates every parameter in one pass (about 3x faster than foreach here);
+    # sharded (DTensor) parameters take the default implementation.
     return torch.optim.AdamW(
         parameter_groups(model, config.weight_decay),
         lr=config.lr,
         betas=(config.beta1, config.beta2),
+        fused=not config.fsdp,
     )
 
 
@@ -145,6 +154,8 @@ def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
         if config.tokenizer == "word":
             options = dict(lowercase=config.lowercase, min_frequency=config.min_frequency,
                            max_vocab=config.max_vocab)  # fmt: skip
+        elif config.tokenizer == "char":
+            options = dict(byte_fallback=config.byte_fallback)
         elif config.tokenizer == "bpe":
             options = dict(vocab_size=config.vocab_size)
         return train_tokenizer(config.tokenizer, corpus.texts(), **options)
@@ -205,6 +216,8 @@ class Trainer:
         batches_cls = Streams if self.stateful else RandomWindows
         args = (self.splits.train, config.block_size, config.batch_size)
         self.batches = batches_cls(*args) if self.stateful else batches_cls(*args, config.seed)
+        if config.fsdp:
+            self._shard(self.model)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.step, self.train_losses, self.evaluations = 0, [], []
@@ -230,9 +243,22 @@ class Trainer:
             tokenizer.save(self.out)
         return tokenizer
 
+    def _shard(self, model: nn.Module) -> None:
+        """FSDP (PyTorch's `fully_shard`): each process keeps 1/N of every parameter, gradient and
+        optimizer state; each transformer block gathers its weights just for its own compute."""
+        from torch.distributed.fsdp import fully_shard
+
+        if not self.dist.active:
+            raise ConfigError("fsdp=True shards across processes: launch with torchrun")
+        if self.config.lora_rank:
+            raise ConfigError("fsdp=True with LoRA is not supported; use DDP (drop --fsdp)")
+        for block in getattr(model, "blocks", ()):
+            fully_shard(block)
+        fully_shard(model)
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         runner = model
-        if self.dist.active:
+        if self.dist.active and not self.config.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -242,14 +268,29 @@ class Trainer:
         return runner
 
     def _restore(self, state: dict[str, Any]) -> None:
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if self.config.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, state["model"], options=options)
+            set_optimizer_state_dict(
+                self.model, self.optimizer, state["optimizer"], options=options
+            )
+            missing, unexpected = [], []
+        else:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         if unexpected or trainable & set(missing):
             raise CheckpointError(
                 f"{self.checkpoints}: the checkpoint's weights do not fit this model "
                 f"(missing {sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})"
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.config.fsdp:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.batches.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -281,16 +322,15 @@ class Trainer:
             desc=f"training {config.arch}", unit="step", dynamic_ncols=True,
         )  # fmt: skip
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
-        stopped_early = False
-        last_time = time.perf_counter()
+        stopped_early, train_seconds, first_step = False, 0.0, self.step
         try:
             while self.step < config.steps:
+                started = time.perf_counter()
                 loss = self._train_step()
                 self.train_losses.append(loss)
                 self.step += 1
-                now = time.perf_counter()
-                speed = tokens_per_step / max(now - last_time, 1e-9)
-                last_time = now
+                train_seconds += time.perf_counter() - started
+                speed = tokens_per_step * (self.step - first_step) / max(train_seconds, 1e-9)
                 bar.update(1)
                 if self.step % config.log_interval == 0 or self.step == config.steps:
                     lr = self.scheduler.get_last_lr()[0]
@@ -300,15 +340,16 @@ class Trainer:
                         writer.add_scalar("train/lr", lr, self.step)
                 if self.step % config.eval_interval == 0 or self.step == config.steps:
                     stopped_early = self._evaluate_and_save(speed, writer)
-                    last_time = time.perf_counter()  # evaluation time is not training speed
                     if stopped_early:
                         break
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        result = TrainResult(self.out, self.step, list(self.train_losses), list(self.evaluations),
-                             self.best_val, stopped_early)  # fmt: skip
+        result = TrainResult(
+            self.out, self.step, list(self.train_losses), list(self.evaluations), self.best_val,
+            stopped_early, train_seconds, steps_run=self.step - first_step,
+        )  # fmt: skip
         teardown()
         return result
 
@@ -319,7 +360,11 @@ class Trainer:
             x, y, new_epoch = self.batches.next()
             x, y = dist.shard(x).to(dist.device), dist.shard(y).to(dist.device)
             sync = micro == config.grad_accum - 1 or not dist.active
-            context = self.runner.no_sync() if not sync else contextlib.nullcontext()
+            context = contextlib.nullcontext()
+            if config.fsdp:
+                self.model.set_requires_gradient_sync(sync)
+            elif not sync:
+                context = self.runner.no_sync()
             with context, _autocast(config.precision, dist.device):
                 if self.stateful:
                     if new_epoch or self.hidden is None:
@@ -364,10 +409,11 @@ class Trainer:
                 writer.add_scalar("val/loss", score.loss, self.step)
         self.evaluations.append(record)
         stop = config.patience is not None and self.bad_evals >= config.patience
+        state = self._snapshot()  # every process takes part (gathers shards and hidden states)
         if self.dist.is_main:
             if improved:
-                self.save_model(self.out)
-            self._save_state()
+                self.save_model(self.out, state["model"])
+            checkpointing.save_state(state, self.checkpoints)
             self._write_metrics()
             self._plot()
             if stop:
@@ -378,8 +424,11 @@ class Trainer:
 
     # --- outputs -------------------------------------------------------------------------------
 
-    def save_model(self, directory: Path) -> None:
-        """The model as a bundle (with LoRA: the adapter alone, or merged if asked)."""
+    def save_model(
+        self, directory: Path, full_state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """The model as a bundle (with LoRA: the adapter alone, or merged if asked). A sharded
+        model is saved from `full_state`, its gathered state dict, through an unsharded copy."""
         from lmforge.checkpoints.bundle import save_bundle
 
         extra = {"train": self.config.to_dict(), "step": self.step}
@@ -389,6 +438,13 @@ class Trainer:
             save_adapter(self.model, self.config, self.tokenizer, directory)
             return
         model = self.model
+        if self.config.fsdp:
+            import copy
+
+            from lmforge.models.presets import model_from_config
+
+            model = model_from_config(copy.deepcopy(self.model.config))
+            model.load_state_dict(full_state)
         if self.config.lora_rank:
             import copy
 
@@ -397,37 +453,48 @@ class Trainer:
             model = merge_lora(copy.deepcopy(model))
         save_bundle(model, self.tokenizer, directory, extra_config=extra)
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
+    def _weights_and_optimizer(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.config.fsdp:  # gather the shards into full (CPU) state dicts
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (
+                get_model_state_dict(self.model, options=options),
+                get_optimizer_state_dict(self.model, self.optimizer, options=options),
+            )
         if self.config.lora_rank:  # the frozen base is rebuilt from init_from on resume
             from lmforge.training.lora import lora_state_dict
 
-            return lora_state_dict(self.model)
-        return self.model.state_dict()
+            return lora_state_dict(self.model), self.optimizer.state_dict()
+        return self.model.state_dict(), self.optimizer.state_dict()
 
-    def _save_state(self) -> None:
+    def _snapshot(self) -> dict[str, Any]:
+        """Everything a resume needs. Collective: every process must call it."""
         hidden = None
         if self.hidden is not None:
             gather = lambda t: self.dist.gather_rows(t, dim=1)  # noqa: E731
             h = self.hidden.hidden
             hidden = tuple(gather(t) for t in h) if isinstance(h, tuple) else gather(h)
-        checkpointing.save_state(
-            {
-                "step": self.step,
-                "config": self.config.to_dict(),
-                "tokenizer_digest": tokenizer_digest(self.tokenizer),
-                "model": self._model_state(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
-                "data": self.batches.state_dict(),
-                "hidden": hidden,
-                "train_losses": self.train_losses,
-                "evaluations": self.evaluations,
-                "best_val": self.best_val,
-                "bad_evals": self.bad_evals,
-            },
-            self.checkpoints,
-        )
+        weights, optimizer = self._weights_and_optimizer()
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "tokenizer_digest": tokenizer_digest(self.tokenizer),
+            "model": weights,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "data": self.batches.state_dict(),
+            "hidden": hidden,
+            "train_losses": self.train_losses,
+            "evaluations": self.evaluations,
+            "best_val": self.best_val,
+            "bad_evals": self.bad_evals,
+        }
 
     def _write_metrics(self) -> None:
         columns = ["step", "tokens", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_bpb",
