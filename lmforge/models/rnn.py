@@ -150,5 +150,50 @@ class RNNLM(nn.Module):
             outputs.append(out)
         return torch.cat(outputs, dim=1)
 
+    @torch.inference_mode()
+    def inspect(self, input_ids: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Run one sequence (1, seq) step by step with the layers' own weights and return, per
+        layer, its hidden states and gate activations (seq, hidden): LSTM input/forget/cell/
+        output gates and cell state, GRU reset/update/candidate, a plain RNN its hidden state."""
+        c = self.config
+        x = self.embed(input_ids[0])
+        record: dict[str, list[torch.Tensor]] = {}
+        for layer in range(c.n_layer):
+            w_ih, w_hh = (
+                getattr(self.rnn, f"weight_ih_l{layer}"),
+                getattr(self.rnn, f"weight_hh_l{layer}"),
+            )
+            b_ih, b_hh = (
+                getattr(self.rnn, f"bias_ih_l{layer}"),
+                getattr(self.rnn, f"bias_hh_l{layer}"),
+            )
+            h = torch.zeros(c.hidden_size)
+            cell = torch.zeros(c.hidden_size)
+            steps: dict[str, list[torch.Tensor]] = {}
+            for t in range(x.shape[0]):
+                gi, gh = w_ih @ x[t] + b_ih, w_hh @ h + b_hh
+                if c.cell == "lstm":
+                    i, f, g, o = (gi + gh).chunk(4)
+                    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+                    cell = f * cell + i * g
+                    h = o * cell.tanh()
+                    gates = {"input gate": i, "forget gate": f, "cell candidate": g, "output gate": o, "cell state": cell}  # fmt: skip
+                elif c.cell == "gru":
+                    (ir, iz, in_), (hr, hz, hn) = gi.chunk(3), gh.chunk(3)
+                    r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()
+                    n = (in_ + r * hn).tanh()
+                    h = (1 - z) * n + z * h
+                    gates = {"reset gate": r, "update gate": z, "candidate": n}
+                else:
+                    pre = gi + gh
+                    h = pre.tanh() if c.cell == "rnn_tanh" else pre.relu()
+                    gates = {}
+                for name, value in {"hidden state": h, **gates}.items():
+                    steps.setdefault(name, []).append(value)
+            for name, values in steps.items():
+                record.setdefault(name, []).append(torch.stack(values))
+            x = record["hidden state"][-1]
+        return record
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -151,5 +151,35 @@ class TransformerLM(nn.Module):
             out = self.encoder(x, mask=heads)
         return self.lm_head(out)
 
+    @torch.inference_mode()
+    def inspect(self, input_ids: torch.Tensor):
+        """Run one sequence layer by layer, keeping each layer's attention weights (1, heads,
+        seq, seq) and output; returns (logits, attentions, hidden_states)."""
+        seq = input_ids.shape[1]
+        if seq > self.config.max_seq_len:
+            raise ConfigError(f"inspect takes at most {self.config.max_seq_len} tokens, got {seq}")
+        positions = torch.arange(seq, device=input_ids.device)[None]
+        x = self.embed(input_ids) * math.sqrt(self.config.d_model)
+        x = x + sinusoidal_positions(positions, self.config.d_model).to(x.dtype)
+        causal = nn.Transformer.generate_square_subsequent_mask(seq, device=input_ids.device)
+        attentions, hidden = [], []
+        for layer in self.encoder.layers:
+            feed_forward = lambda h, layer=layer: layer.linear2(layer.activation(layer.linear1(h)))  # noqa: E731
+            source = layer.norm1(x) if layer.norm_first else x
+            attended, weights = layer.self_attn(
+                source, source, source, attn_mask=causal, need_weights=True,
+                average_attn_weights=False,
+            )  # fmt: skip
+            if layer.norm_first:
+                x = x + attended
+                x = x + feed_forward(layer.norm2(x))
+            else:
+                x = layer.norm1(x + attended)
+                x = layer.norm2(x + feed_forward(x))
+            attentions.append(weights)
+            hidden.append(x)
+        out = self.encoder.norm(x) if self.encoder.norm is not None else x
+        return self.lm_head(out), attentions, hidden
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

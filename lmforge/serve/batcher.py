@@ -1,13 +1,15 @@
 """Continuous batching: every request joins the running batch at the next decode step.
 
-One worker thread owns the model and a KV cache with `max_batch` rows. All rows share one slot
-timeline: each decode step writes slot `cache.length` of every row. A new request is prefilled
-on its own and its keys/values are copied into a free row so that its prompt ends at the
-current slot (earlier slots of that row are masked out); if the prompt is longer than the
-timeline so far, the timeline is shifted right first. When the timeline reaches the end of the
-cache it is shifted left past slots no running row uses. Each row keeps its own positions,
-decoding options, random generator and stop rules, so requests with different options share
-one forward pass. A row whose client is gone is freed at the next step.
+One worker thread owns the model and `max_batch` rows of model state (`lmforge.serve.rows`).
+For a GPT, the rows are one KV cache sharing a slot timeline: each decode step writes slot
+`cache.length` of every row. A new request is prefilled on its own and its keys/values are
+copied into a free row so that its prompt ends at the current slot (earlier slots of that row
+are masked out); if the prompt is longer than the timeline so far, the timeline is shifted
+right first. When the timeline reaches the end of the cache it is shifted left past slots no
+running row uses. Recurrent models keep a hidden state per row instead, and cache-free models
+re-run each row's window. Each row keeps its own positions, decoding options, random generator
+and stop rules, so requests with different options share one forward pass. A row whose client
+is gone is freed at the next step.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from lmforge.generation.processors import History, apply_processors, build_processors
 from lmforge.generation.search import StreamEvent, _top, eos_ids, token_event
 from lmforge.generation.stream import TextAssembler
+from lmforge.serve.rows import row_store
 
 DONE = object()  # the end-of-request marker on a job's event queue
 
@@ -79,7 +82,6 @@ class Row:
     choice: int
     tokens: list[int]
     prompt_len: int
-    start: int  # the cache slot of its first prompt token
     config: object
     processors: list
     generator: torch.Generator | None
@@ -102,21 +104,19 @@ class Batcher:
     ):
         self.lm, self.model = lm, lm.model
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.cache = self.model.new_cache(max_batch, min(cache_len, self.model.max_seq_len))
-        self.cache.valid.zero_()
+        self.store = row_store(self.model, max_batch, cache_len)
         self.rows: list[Row | None] = [None] * max_batch
         self.outbox = Outbox()
         self.waiting: collections.deque[Job] = collections.deque()
         self.steps = 0  # decode steps run, and the rows they served: how much batching happened
         self.row_steps = 0
-        self.shifts = 0  # timeline moves (a long prompt joined, or the cache end was reached)
         self.condition = threading.Condition()
         if background:
             threading.Thread(target=self.work_forever, name="lmforge-batcher", daemon=True).start()
 
     @property
     def cache_len(self) -> int:
-        return self.cache.max_len
+        return self.store.capacity
 
     def submit(self, job: Job) -> None:
         with self.condition:
@@ -131,7 +131,7 @@ class Batcher:
             "generating": sum(row is not None for row in self.rows),
             "steps": self.steps,
             "row_steps": self.row_steps,
-            "shifts": self.shifts,
+            "shifts": self.store.shifts,
         }
 
     # The worker ---------------------------------------------------------------------------
@@ -176,50 +176,19 @@ class Batcher:
     def _prefill(self, index: int, job: Job, choice: int, prompt: list[int]) -> None:
         config = self.lm.config(**job.options)
         seed = None if config.seed is None else config.seed + choice
-        alone = self.model.new_cache(1, len(prompt))
-        logits, alone = self.model(torch.tensor([prompt]), alone, last_only=True)
-        cache, length = self.cache, len(prompt)
-        if length > cache.length:
-            self._shift(length - cache.length)
-        end = cache.length
-        cache.k[:, index, :, end - length : end] = alone.k[:, 0]
-        cache.v[:, index, :, end - length : end] = alone.v[:, 0]
-        cache.valid[index] = False
-        cache.valid[index, end - length : end] = True
-        cache.has_padding = True
+        logits = self.store.prefill(index, prompt)
         self.rows[index] = Row(
             job=job,
             choice=choice,
             tokens=list(prompt),
-            prompt_len=length,
-            start=end - length,
+            prompt_len=len(prompt),
             config=config,
             processors=build_processors(config, self.model.config.vocab_size),
             generator=None if seed is None else torch.Generator().manual_seed(seed),
             assembler=TextAssembler(self.lm.tokenizer, config.stop),
             eos=eos_ids(self.lm.tokenizer, config),
-            logits=logits[0, -1].float(),
+            logits=logits.float(),
         )
-
-    def _shift(self, offset: int) -> None:
-        """Move the timeline `offset` slots right (> 0) or left (< 0), keeping every row."""
-        cache, length = self.cache, self.cache.length
-        self.shifts += 1
-        if offset > 0:
-            for t in (cache.k, cache.v):
-                t[:, :, :, offset : offset + length] = t[:, :, :, :length].clone()
-            cache.valid[:, offset : offset + length] = cache.valid[:, :length].clone()
-            cache.valid[:, :offset] = False
-        else:
-            keep = length + offset
-            for t in (cache.k, cache.v):
-                t[:, :, :, :keep] = t[:, :, :, -offset:length].clone()
-            cache.valid[:, :keep] = cache.valid[:, -offset:length].clone()
-        cache.valid[:, length + offset :] = False
-        cache.length = length + offset
-        for row in self.rows:
-            if row is not None:
-                row.start += offset
 
     def _choose_tokens(self) -> None:
         """Pick and hand out every running row's next token; free the rows that finish."""
@@ -275,27 +244,16 @@ class Batcher:
 
     def _free(self, index: int) -> None:
         self.rows[index] = None
-        self.cache.valid[index] = False
+        self.store.free(index)
 
     def _forward(self) -> None:
         """One decode step: every running row's newest token, in one batch."""
         active = [i for i, row in enumerate(self.rows) if row is not None]
         if not active:
             return
-        cache = self.cache
-        if cache.length == cache.max_len:  # shift left past slots no running row needs
-            self._shift(-min(self.rows[i].start for i in active))
-        busy = active[-1] + 1  # rows are taken lowest first, so [0, busy) holds every active one
-        tokens = torch.full((busy, 1), self.lm.tokenizer.pad_id or 0, dtype=torch.long)
-        positions = torch.zeros((busy, 1), dtype=torch.long)
-        mask = torch.zeros((busy, 1), dtype=torch.bool)
+        histories = {i: self.rows[i].tokens for i in active}
+        logits = self.store.step(histories, self.lm.tokenizer.pad_id or 0)
         for i in active:
-            row = self.rows[i]
-            tokens[i, 0], positions[i, 0], mask[i, 0] = row.tokens[-1], len(row.tokens) - 1, True
-        view = cache.first_rows(busy)
-        logits, _ = self.model(tokens, view, positions, mask, last_only=True)
-        cache.length = view.length
-        for i in active:
-            self.rows[i].logits = logits[i, -1].float()
+            self.rows[i].logits = logits[i].float()
         self.steps += 1
         self.row_steps += len(active)

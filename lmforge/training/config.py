@@ -35,7 +35,11 @@ class TrainConfig:
     d_ff: int | None = None
     dropout: float | None = None
     tie_embeddings: bool | None = None
+    bias: bool | None = None  # gpt: biases in linear and LayerNorm layers (None: family default)
+    nonlinearity: str = "tanh"  # rnn: tanh or relu
     block_size: int = 64  # context of a training window; bptt for recurrent models
+    embeddings: str | None = None  # word vectors (word2vec/GloVe file) for the input embedding
+    freeze_embeddings: bool = False
     # optimisation
     batch_size: int = 12  # global: split across processes
     grad_accum: int = 1
@@ -84,6 +88,13 @@ class TrainConfig:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank={self.lora_rank}; expected >= 0 (0: no LoRA)")
+        if self.freeze_embeddings and not self.embeddings:
+            raise ConfigError("freeze_embeddings needs embeddings (a word-vector file)")
+        if self.freeze_embeddings and self.tie_embeddings is not False:
+            raise ConfigError(
+                "freeze_embeddings with tied embeddings would freeze the output layer too; "
+                "pass tie_embeddings=False (--no-tie-embeddings)"
+            )
         if self.lora_rank and not self.init_from:
             raise ConfigError("LoRA adapts a pretrained model: pass init_from (--model)")
         if (
@@ -98,6 +109,7 @@ class TrainConfig:
             "schedule": ("cosine", "linear", "constant"),
             "precision": ("fp32", "bf16"),
             "arch": ("rnn", "lstm", "gru", "transformer", "gpt"),
+            "nonlinearity": ("tanh", "relu"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -179,12 +179,33 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
 
             apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
         return model
-    return build(
+    model = build(
         config.arch, tokenizer.vocab_size, config.block_size, preset=config.preset,
         family=config.family, n_layer=config.n_layer, n_head=config.n_head,
         n_embd=config.n_embd, hidden_size=config.hidden_size, d_ff=config.d_ff,
-        dropout=config.dropout, tie_embeddings=config.tie_embeddings,
+        dropout=config.dropout, tie_embeddings=config.tie_embeddings, bias=config.bias,
+        nonlinearity=config.nonlinearity,
     )  # fmt: skip
+    if config.embeddings:
+        _load_embeddings(model, tokenizer, config)
+    return model
+
+
+def _load_embeddings(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig) -> None:
+    """Initialise the input embedding from word vectors, row by row of the vocabulary."""
+    from lmforge.embeddings.vectors import KeyedVectors, load_into_embedding
+
+    vectors = KeyedVectors.load(config.embeddings)
+    vocabulary = [tokenizer.token(i) or "" for i in range(tokenizer.vocab_size)]
+    done, random = load_into_embedding(model.embed, vocabulary, vectors, config.freeze_embeddings)
+    if done == 0:
+        raise ConfigError(
+            f"embeddings={config.embeddings}: no token of the vocabulary has a vector; the "
+            "vectors need the tokenizer's words (a word-level tokenizer, same lower-casing)"
+        )
+    frozen = " (frozen)" if config.freeze_embeddings else ""
+    print(f"embeddings: {done} of {len(vocabulary)} tokens initialised from {config.embeddings}"
+          f"{frozen}, {random} random", file=sys.stderr)  # fmt: skip
 
 
 class Trainer:

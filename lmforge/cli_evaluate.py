@@ -1,0 +1,159 @@
+"""`lmforge eval`, `compare`, `explain` and `bias`: scoring, comparing and explaining models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmforge.errors import ConfigError
+
+
+def _corpus_text(data: str, field: str = "text") -> str:
+    from lmforge.data.corpus import Corpus
+
+    return "\n\n".join(Corpus(data, field).texts())
+
+
+def cmd_eval(args) -> int:
+    import lmforge
+    from lmforge.data.corpus import Corpus
+    from lmforge.data.tokens import split_tokens, tokenize_corpus
+    from lmforge.evaluation.perplexity import score_ids
+
+    lm = lmforge.load(args.model)
+    tokens = tokenize_corpus(Corpus(args.data, args.field), lm.tokenizer)
+    if args.split != "all":  # the same token-position split training uses
+        tokens = split_tokens(tokens, args.val_fraction, args.test_fraction)[args.split]
+    if args.max_tokens is not None:
+        if args.max_tokens < 2:
+            raise ConfigError(f"--max-tokens {args.max_tokens}: expected at least 2")
+        tokens = tokens[: args.max_tokens]
+    ids = [int(t) for t in tokens]
+    text = lm.tokenizer.decode(ids, skip_special_tokens=False)
+    score = score_ids(lm.model, ids, text, args.context, args.stride)
+    result = {"model": str(lm.source), "data": args.data, "split": args.split, **score.to_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lmforge.evaluation.compare import compare
+
+    text = _corpus_text(args.data)[: args.max_chars]
+    rows, page = compare(args.models, text, args.data, args.prompt, args.out,
+                         args.max_new_tokens, args.context, args.stride)  # fmt: skip
+    print((Path(args.out) / "compare.md").read_text())
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    import lmforge
+    from lmforge.evaluation.explain import write_report
+
+    text = Path(args.text_file).read_text() if args.text_file else args.text
+    if text is None:
+        raise ConfigError("give the text to explain, or --text-file")
+    views = tuple(args.views) if args.views else None
+    page = write_report(lmforge.load(args.model), text, args.out, views)
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_bias(args) -> int:
+    from lmforge.evaluation import bias
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.probe == "weat":
+        from lmforge.embeddings import KeyedVectors
+
+        vectors = KeyedVectors.load(args.model)
+        tests = [args.test] if args.test else list(bias.WEAT_TESTS)
+        results = [bias.weat(vectors, t, args.permutations, args.seed) for t in tests]
+        lines = [r.table() for r in results]
+        payload = [r.__dict__ for r in results]
+    else:
+        import lmforge
+
+        if not args.data:
+            raise ConfigError(
+                f"--probe {args.probe} needs --data (the CrowS-Pairs CSV or StereoSet JSONL)"
+            )
+        lm = lmforge.load(args.model)
+        if args.probe == "crows":
+            items = bias.read_crows_pairs(args.data)[: args.limit]
+            result = bias.crows_pairs(lm, items, seed=args.seed)
+        else:
+            items = bias.read_stereoset(args.data)[: args.limit]
+            result = bias.stereoset(lm, items, seed=args.seed)
+        lines, payload = [result.table()], result.to_dict()
+    text = "\n".join(lines)
+    print(text)
+    (out / f"bias_{args.probe}.md").write_text(
+        f"# Bias probe: {args.probe}\n\nmodel: {args.model}\n\n```\n{text}\n```\n"
+    )
+    (out / f"bias_{args.probe}.json").write_text(json.dumps(payload, indent=1))
+    print(f"report: {out / f'bias_{args.probe}.md'}")
+    return 0
+
+
+def add_parsers(verbs) -> None:
+    ev = verbs.add_parser(
+        "eval", help="loss, perplexity (per token, per word), bits per byte and char"
+    )
+    ev.add_argument("--model", "-m", required=True)
+    ev.add_argument(
+        "--data", required=True, help="text file, directory, glob, .jsonl or 'shakespeare'"
+    )
+    ev.add_argument("--field", default="text", help="JSONL field")
+    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
+                    help="score a split of the corpus as training splits it (default: all)")  # fmt: skip
+    ev.add_argument("--val-fraction", type=float, default=0.05)
+    ev.add_argument("--test-fraction", type=float, default=0.05)
+    ev.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
+    ev.add_argument("--context", type=int, default=None, help="window (default: the model's)")
+    ev.add_argument("--stride", type=int, default=None, help="window step (default: the context)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    cmp = verbs.add_parser("compare", help="one report comparing models on the same text")
+    cmp.add_argument("models", nargs="+", help="model names, files or run directories")
+    cmp.add_argument("--data", required=True)
+    cmp.add_argument("--prompt", default="The ")
+    cmp.add_argument("--max-chars", type=int, default=50_000, help="score this much of the text")
+    cmp.add_argument("--max-new-tokens", type=int, default=40)
+    cmp.add_argument("--context", type=int, default=None)
+    cmp.add_argument("--stride", type=int, default=None)
+    cmp.add_argument("--out", type=Path, default=Path("compare-report"))
+    cmp.set_defaults(func=cmd_compare)
+
+    ex = verbs.add_parser(
+        "explain", help="HTML report: surprisal, attention, logit lens, RNN states"
+    )
+    ex.add_argument("text", nargs="?", default=None)
+    ex.add_argument("--text-file")
+    ex.add_argument("--model", "-m", default="smollm2-135m-instruct")
+    ex.add_argument("--views", nargs="+", choices=["surprisal", "attention", "lens", "states"],
+                    help="default: every view the model offers")  # fmt: skip
+    ex.add_argument("--out", type=Path, default=Path("explain-report"))
+    ex.set_defaults(func=cmd_explain)
+
+    bi = verbs.add_parser("bias", help="CrowS-Pairs, StereoSet (language models) or WEAT (vectors)")
+    bi.add_argument(
+        "--model", "-m", required=True, help="a language model; for weat, a vectors file"
+    )
+    bi.add_argument("--probe", choices=["crows", "stereoset", "weat"], required=True)
+    bi.add_argument("--data", help="crows: a CrowS-Pairs CSV; stereoset: a StereoSet JSONL")
+    bi.add_argument("--limit", type=int, default=None, help="use the first N items")
+    bi.add_argument("--test", help="weat: one test (default: all)")
+    bi.add_argument("--permutations", type=int, default=10_000)
+    bi.add_argument("--seed", type=int, default=0)
+    bi.add_argument("--out", type=Path, default=Path("bias-report"))
+    bi.set_defaults(func=cmd_bias)

@@ -1,0 +1,162 @@
+"""Where the batcher keeps each row's model state, one class per kind of generation cache.
+
+- `KVRows` (GPT): one KV cache whose rows share a slot timeline (see the batcher's docstring).
+- `StateRows` (RNN/LSTM/GRU): one hidden state per row; a step advances every busy row.
+- `WindowRows` (nn.Transformer LM and other cache-free models): each step re-runs every row's
+  token window, left-padded into one batch.
+
+Each offers: `capacity` (tokens one row can hold), `prefill(index, prompt)` -> the next-token
+logits, `free(index)`, and `step(histories)` -> next-token logits of every busy row (histories:
+row index -> all of that row's tokens, the newest last).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVRows:
+    """Rows of one KV cache sharing a timeline: a new prompt is prefilled alone and copied so it
+    ends at the current slot; the timeline shifts right for a longer prompt, left at the end."""
+
+    def __init__(self, model, max_batch: int, cache_len: int):
+        self.model = model
+        self.cache = model.new_cache(max_batch, min(cache_len, model.max_seq_len))
+        self.cache.valid.zero_()
+        self.starts: dict[int, int] = {}  # row -> slot of its first prompt token
+        self.shifts = 0  # timeline moves (a long prompt joined, or the cache end was reached)
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.max_len
+
+    def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
+        alone = self.model.new_cache(1, len(prompt))
+        logits, alone = self.model(torch.tensor([prompt]), alone, last_only=True)
+        cache, length = self.cache, len(prompt)
+        if length > cache.length:
+            self._shift(length - cache.length)
+        end = cache.length
+        cache.k[:, index, :, end - length : end] = alone.k[:, 0]
+        cache.v[:, index, :, end - length : end] = alone.v[:, 0]
+        cache.valid[index] = False
+        cache.valid[index, end - length : end] = True
+        cache.has_padding = True
+        self.starts[index] = end - length
+        return logits[0, -1]
+
+    def free(self, index: int) -> None:
+        self.cache.valid[index] = False
+        self.starts.pop(index, None)
+
+    def _shift(self, offset: int) -> None:
+        """Move the timeline `offset` slots right (> 0) or left (< 0), keeping every row."""
+        cache, length = self.cache, self.cache.length
+        self.shifts += 1
+        if offset > 0:
+            for t in (cache.k, cache.v):
+                t[:, :, :, offset : offset + length] = t[:, :, :, :length].clone()
+            cache.valid[:, offset : offset + length] = cache.valid[:, :length].clone()
+            cache.valid[:, :offset] = False
+        else:
+            keep = length + offset
+            for t in (cache.k, cache.v):
+                t[:, :, :, :keep] = t[:, :, :, -offset:length].clone()
+            cache.valid[:, :keep] = cache.valid[:, -offset:length].clone()
+        cache.valid[:, length + offset :] = False
+        cache.length = length + offset
+        self.starts = {row: start + offset for row, start in self.starts.items()}
+
+    def step(self, histories: dict[int, list[int]], pad_id: int) -> dict[int, torch.Tensor]:
+        cache = self.cache
+        if cache.length == cache.max_len:  # shift left past slots no running row needs
+            self._shift(-min(self.starts[i] for i in histories))
+        busy = max(histories) + 1  # rows are taken lowest first: [0, busy) holds every one
+        tokens = torch.full((busy, 1), pad_id, dtype=torch.long)
+        positions = torch.zeros((busy, 1), dtype=torch.long)
+        mask = torch.zeros((busy, 1), dtype=torch.bool)
+        for i, history in histories.items():
+            tokens[i, 0], positions[i, 0], mask[i, 0] = history[-1], len(history) - 1, True
+        view = cache.first_rows(busy)
+        logits, _ = self.model(tokens, view, positions, mask, last_only=True)
+        cache.length = view.length
+        return {i: logits[i, -1] for i in histories}
+
+
+class StateRows:
+    """One recurrent state per row: a step feeds every busy row its newest token."""
+
+    def __init__(self, model, max_batch: int, cache_len: int):
+        self.model = model
+        self.state = model.new_cache(max_batch)
+        self.capacity = cache_len
+        self.shifts = 0
+
+    def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
+        logits, alone = self.model(torch.tensor([prompt]), None, last_only=True)
+        parts = alone.hidden if isinstance(alone.hidden, tuple) else (alone.hidden,)
+        mine = self.state.hidden if isinstance(self.state.hidden, tuple) else (self.state.hidden,)
+        for target, source in zip(mine, parts, strict=True):
+            target[:, index] = source[:, 0]
+        return logits[0, -1]
+
+    def free(self, index: int) -> None:
+        pass  # the next prefill of this row overwrites its state
+
+    def step(self, histories: dict[int, list[int]], pad_id: int) -> dict[int, torch.Tensor]:
+        from lmforge.models.rnn import RNNState
+
+        busy = max(histories) + 1
+        tokens = torch.full((busy, 1), pad_id, dtype=torch.long)
+        for i, history in histories.items():
+            tokens[i, 0] = history[-1]
+        hidden = self.state.hidden
+        view = RNNState(tuple(t[:, :busy] for t in hidden) if isinstance(hidden, tuple) else hidden[:, :busy])  # fmt: skip
+        logits, view = self.model(tokens, view, last_only=True)
+        new = view.hidden if isinstance(view.hidden, tuple) else (view.hidden,)
+        old = hidden if isinstance(hidden, tuple) else (hidden,)
+        for target, source in zip(old, new, strict=True):
+            target[:, :busy] = source  # free rows get junk; their next prefill overwrites it
+        return {i: logits[i, -1] for i in histories}
+
+
+class WindowRows:
+    """Cache-free models: every step runs each busy row's recent tokens, left-padded together."""
+
+    def __init__(self, model, max_batch: int, cache_len: int):
+        self.model = model
+        self.capacity = cache_len
+        self.window = model.config.max_seq_len
+        self.shifts = 0
+
+    def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
+        logits, _ = self.model(torch.tensor([prompt[-self.window :]]), None, last_only=True)
+        return logits[0, -1]
+
+    def free(self, index: int) -> None:
+        pass
+
+    def step(self, histories: dict[int, list[int]], pad_id: int) -> dict[int, torch.Tensor]:
+        order = list(histories)
+        windows = [histories[i][-self.window :] for i in order]
+        width = max(map(len, windows))
+        tokens = torch.full((len(order), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(order), width), dtype=torch.bool)
+        for row, ids in enumerate(windows):
+            tokens[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = True
+        logits, _ = self.model(tokens, None, mask=mask, last_only=True)
+        return {i: logits[row, -1] for row, i in enumerate(order)}
+
+
+def row_store(model, max_batch: int, cache_len: int):
+    """The store that fits `model`'s generation cache."""
+    from lmforge.models.gpt import KVCache
+    from lmforge.models.rnn import RNNState
+
+    kind = type(model.new_cache(1, 1))
+    if kind is KVCache:
+        return KVRows(model, max_batch, cache_len)
+    if kind is RNNState:
+        return StateRows(model, max_batch, cache_len)
+    return WindowRows(model, max_batch, cache_len)
