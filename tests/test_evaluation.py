@@ -310,6 +310,26 @@ def test_compare_report(trained, tmp_path):
     assert "| model | architecture |" in (tmp_path / "compare.md").read_text()
     assert page.read_text().count("data:image/png;base64") == 3
 
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_serve import _chromium
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        view = browser.new_page(viewport={"width": 1100, "height": 800})
+        view.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        view.on("pageerror", lambda e: errors.append(str(e)))
+        view.goto(page.as_uri())
+        widths = view.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        rows = view.eval_on_selector_all("tr", "els => els.length")
+        ARTIFACTS.mkdir(exist_ok=True)
+        view.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert len(widths) == 3 and all(w > 100 for w in widths)  # the charts decoded
+    assert rows == 4  # header + 3 models
+
 
 def test_eval_cli_on_wikitext(smollm_path, capsys):
     from lmforge.cli import main

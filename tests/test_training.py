@@ -46,6 +46,7 @@ DECODING = [
     {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3},
     {"num_beams": 3, "length_penalty": 1.0},
     {"num_beams": 2, "num_return_sequences": 2},
+    {"truncate": "left", "do_sample": True, "seed": 4},
 ]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.checkpoints.hf import _GPT2_NAMES, _LLAMA_NAMES
+from lmforge.checkpoints.hf import INVERSE_RULES
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.tokenizers import Tokenizer
@@ -71,19 +71,6 @@ def _hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str
     }  # fmt: skip
 
 
-def _inverse_rules(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
-    rules = []
-    for hf_name, ours in table.items():
-        regex = (
-            re.escape(ours)
-            .replace(r"\{i\}", r"(?P<i>\d+)")
-            .replace(r"\{p\}", r"(?P<p>weight|bias)")
-        )
-        rules.append((re.compile(regex + "$"), hf_name))
-    return rules
-
-
-_INVERSE = {"gpt2": _inverse_rules(_GPT2_NAMES), "llama": _inverse_rules(_LLAMA_NAMES)}
 _PREFIX = {"gpt2": "transformer.", "llama": "model."}
 
 
@@ -113,7 +100,7 @@ def _hf_tensors(model: GPT, family: str) -> dict[str, torch.Tensor]:
             if not config.tie_embeddings:
                 hf["lm_head.weight"] = tensor
             continue
-        for regex, target in _INVERSE[family]:
+        for regex, target in INVERSE_RULES[family]:
             match = regex.match(name)
             if match:
                 if family == "gpt2" and re.search(r"\.(qkv|out|up|down)\.weight$", name):

@@ -110,19 +110,16 @@ _LLAMA_NAMES = {
 _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
 
 
-def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
-    rules = []
-    for pattern, target in table.items():
-        regex = (
-            re.escape(pattern)
-            .replace(r"\{i\}", r"(?P<i>\d+)")
-            .replace(r"\{p\}", r"(?P<p>weight|bias)")
-        )
-        rules.append((re.compile(regex + "$"), target))
-    return rules
+def _name_regex(pattern: str) -> re.Pattern:
+    """ "h.{i}.attn.c_attn.{p}" -> a regex capturing the layer `i` and `p` (weight or bias)."""
+    regex = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)")
+    return re.compile(regex.replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
 
 
-_RULES = {"gpt2": _compile(_GPT2_NAMES), "llama": _compile(_LLAMA_NAMES)}
+_TABLES = {"gpt2": _GPT2_NAMES, "llama": _LLAMA_NAMES}
+# HF name -> ours (loading), and ours -> HF name (saving a bundle)
+_RULES = {f: [(_name_regex(h), o) for h, o in t.items()] for f, t in _TABLES.items()}
+INVERSE_RULES = {f: [(_name_regex(o), h) for h, o in t.items()] for f, t in _TABLES.items()}
 
 
 def rename_hf_tensors(

