@@ -103,7 +103,8 @@ def test_bits_per_byte_whole_or_windowed(trained):
     ids = gpt.tokenizer.encode(text)[:144]
     windows = 0.0
     for s in range(0, 144, 48):
-        logits, _ = gpt.model(torch.tensor([ids[s : s + 48]]))
+        with torch.no_grad():
+            logits, _ = gpt.model(torch.tensor([ids[s : s + 48]]))
         target = torch.tensor(ids[s + 1 : s + 48])
         windows += float(F.cross_entropy(logits[0, :-1], target, reduction="sum"))
     scored = score_ids(gpt.model, ids, text, context=48, stride=48)

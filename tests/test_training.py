@@ -287,3 +287,15 @@ def test_word_vectors_initialise_the_input_embedding(corpus, tmp_path, capsys):
     torch.testing.assert_close(lm.model.embed.weight[the], vectors["the"].float())
     with pytest.raises(ConfigError, match="would freeze the output layer too"):
         small(corpus, embeddings="v.txt", freeze_embeddings=True)
+
+
+def test_tensorboard_logging_or_a_clear_error(corpus, tmp_path):
+    import importlib.util
+
+    config = small(corpus, arch="gru", steps=4, eval_interval=2, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            train(config, tmp_path / "run")
+    else:
+        train(config, tmp_path / "run")
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
