@@ -18,9 +18,9 @@ from lmforge.evaluation.diagnostics import distinct_n, repetition_rate
 from lmforge.evaluation.perplexity import perplexity, score_ids, token_nll
 from lmforge.models.gpt import Trace
 from lmforge.models.presets import build_model
+from tests.browser import ARTIFACTS, browser_pages, chromium, needs_chromium
 from tests.conftest import SHARED_DATA
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WIKITEXT = SHARED_DATA / "wikitext-2" / "test.txt"
 TINY = SHARED_DATA / "tinyshakespeare" / "input.txt"
 
@@ -149,11 +149,9 @@ def test_eager_attention_reproduces_sdpa(family):
         assert float(weights.triu(1).abs().max()) == 0.0  # causal: no weight on later tokens
 
 
+@needs_chromium
 def test_explain_reports_open_in_a_browser(trained, smollm, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from lmforge.evaluation.explain import analyse, write_report
-    from tests.test_serve import _chromium
 
     pages = {
         "gpt": write_report(smollm, "The capital of France is Paris.", tmp_path / "smollm"),
@@ -177,14 +175,9 @@ def test_explain_reports_open_in_a_browser(trained, smollm, tmp_path):
         "hidden state", "reset gate", "update gate", "candidate",
     }  # fmt: skip
     assert (tmp_path / "smollm" / "attention.png").read_bytes()[:4] == b"\x89PNG"
-    ARTIFACTS.mkdir(exist_ok=True)
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+    with browser_pages() as (new_page, errors):
         for name, page_path in pages.items():
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = new_page()
             page.goto(page_path.as_uri())
             spans = page.eval_on_selector_all(
                 ".tok", "els => els.map(e => e.style.backgroundColor)"
@@ -196,7 +189,6 @@ def test_explain_reports_open_in_a_browser(trained, smollm, tmp_path):
                 assert page.is_visible("#canvas") and page.is_visible("table.lens")
                 page.select_option("#layer", "1")
             page.screenshot(path=str(ARTIFACTS / f"explain-{name}.png"), full_page=True)
-        browser.close()
     assert not errors, errors
 
 
@@ -311,22 +303,14 @@ def test_compare_report(trained, tmp_path):
     assert "| model | architecture |" in (tmp_path / "compare.md").read_text()
     assert page.read_text().count("data:image/png;base64") == 3
 
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_serve import _chromium
-
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        view = browser.new_page(viewport={"width": 1100, "height": 800})
-        view.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        view.on("pageerror", lambda e: errors.append(str(e)))
+    if chromium() is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    with browser_pages() as (new_page, errors):
+        view = new_page()
         view.goto(page.as_uri())
         widths = view.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
         rows = view.eval_on_selector_all("tr", "els => els.length")
-        ARTIFACTS.mkdir(exist_ok=True)
         view.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
-        browser.close()
     assert not errors, errors
     assert len(widths) == 3 and all(w > 100 for w in widths)  # the charts decoded
     assert rows == 4  # header + 3 models

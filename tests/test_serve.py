@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 import socket
 import threading
 import time
@@ -17,9 +16,9 @@ import uvicorn
 
 import lmforge
 from lmforge.serve import Settings, create_app
+from tests.browser import ARTIFACTS, browser_pages, needs_chromium
 
 MODEL = "smollm2-135m-instruct"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 class Server:
@@ -244,23 +243,10 @@ def test_disconnected_client_frees_its_place(server):
     assert time.monotonic() - start < 10
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(
-    _chromium() is None, reason="Debian's chromium is not installed (make test installs it)"
-)
+@needs_chromium
 def test_playground_in_a_browser(server):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1100, "height": 700})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with browser_pages() as (new_page, errors):
+        page = new_page(1100, 700)
         page.goto(server.url + "/")
         page.wait_for_function("document.getElementById('info').textContent.includes('context')")
         page.fill("#prompt", "The capital of France is")
@@ -275,7 +261,6 @@ def test_playground_in_a_browser(server):
         page.hover(".tok >> nth=0")
         tip = page.text_content("#tip")
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
-        browser.close()
     assert not errors, errors
     assert len(tokens) == 12 and "".join(t[0] for t in tokens).startswith(" Paris")
     assert all(t[1].startswith("rgb") for t in tokens)  # coloured by probability
