@@ -268,6 +268,19 @@ def test_playground_in_a_browser(server):
     assert tip.count("%") == 6  # the token's probability and its top-5 alternatives
 
 
+def _staggered_completions(server, prompts: list[tuple[str, int]], delay: float) -> list[str]:
+    """Greedy completions of (prompt, max_tokens), request i sent `i * delay` s after the first."""
+
+    def one(item):
+        index, (prompt, tokens) = item
+        time.sleep(delay * index)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+        return _post(server, "/v1/completions", body).json()["choices"][0]["text"]
+
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(one, enumerate(prompts)))
+
+
 def test_requests_join_a_running_batch(fast_lm):
     """Staggered requests of different lengths and options share decode steps, and the cache
     timeline is shifted both ways; every result still equals `generate` alone."""
@@ -281,15 +294,7 @@ def test_requests_join_a_running_batch(fast_lm):
         ("A", 35),
     ]
     try:
-
-        def one(item):
-            index, (prompt, tokens) = item
-            time.sleep(0.3 * index)
-            body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
-            return _post(small, "/v1/completions", body).json()["choices"][0]["text"]
-
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            texts = list(pool.map(one, enumerate(prompts)))
+        texts = _staggered_completions(small, prompts, delay=0.3)
         load = httpx.get(small.url + "/health").json()
     finally:
         small.stop()
@@ -335,15 +340,7 @@ def test_trained_recurrent_and_cache_free_models_serve_with_batching(arch, tmp_p
     running = Server(lm, max_batch=3, cache_len=256)
     prompts = [("ROMEO:", 150), ("First Citizen:\nWe", 90), ("A", 200), ("KING", 120), ("O", 60)]
     try:
-
-        def one(item):
-            index, (prompt, tokens) = item
-            time.sleep(0.01 * index)
-            body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
-            return _post(running, "/v1/completions", body).json()["choices"][0]["text"]
-
-        with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            texts = list(pool.map(one, enumerate(prompts)))
+        texts = _staggered_completions(running, prompts, delay=0.01)
         load = httpx.get(running.url + "/health").json()
         info = httpx.get(running.url + "/v1/lmforge/info").json()
     finally:
