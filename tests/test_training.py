@@ -299,3 +299,22 @@ def test_tensorboard_logging_or_a_clear_error(corpus, tmp_path):
     else:
         train(config, tmp_path / "run")
         assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_plateau_schedule_divides_the_learning_rate_when_validation_stalls(corpus, tmp_path):
+    """word_language_model's annealing: SGD at lr 20 overfits this small text; every evaluation
+    that does not improve divides the learning rate by 4, from the next step on."""
+    config = small(corpus, arch="lstm", tokenizer="word", optimizer="sgd", lr=20.0, min_lr=0.0,
+                   schedule="plateau", warmup=0, grad_clip=0.25, weight_decay=0.0,
+                   block_size=35, batch_size=20, steps=60, eval_interval=10, n_embd=64)  # fmt: skip
+    result = train(config, tmp_path / "run")
+    losses = [e["val_loss"] for e in result.evaluations]
+    expected, scale = [], 1.0
+    for i, loss in enumerate(losses):
+        if i and loss >= min(losses[:i]):
+            scale /= 4
+        expected.append(20.0 * scale)
+    assert scale < 1.0, losses  # the run did stall at least once
+    recorded = [e["lr"] for e in result.evaluations]
+    # the lr logged at an evaluation is the one its steps used: it changes one evaluation later
+    assert recorded == pytest.approx([20.0, *expected[:-1]])

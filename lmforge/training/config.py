@@ -47,7 +47,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     min_lr: float = 1e-4
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # cosine | linear | constant | plateau (lr / 4 when val stalls)
     warmup: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -106,7 +106,7 @@ class TrainConfig:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         choices = {
             "optimizer": ("adamw", "sgd"),
-            "schedule": ("cosine", "linear", "constant"),
+            "schedule": ("cosine", "linear", "constant", "plateau"),
             "precision": ("fp32", "bf16"),
             "arch": ("rnn", "lstm", "gru", "transformer", "gpt"),
             "nonlinearity": ("tanh", "relu"),

@@ -1,4 +1,6 @@
-"""Learning-rate schedules: linear warmup, then cosine or linear decay to `min_lr`, or constant."""
+"""Learning-rate schedules: linear warmup, then cosine or linear decay to `min_lr`, constant, or
+"plateau" (constant, divided by 4 whenever an evaluation does not improve, as PyTorch's
+word_language_model anneals SGD)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     """nanoGPT's schedule: warm up linearly over `warmup` steps, then decay over the rest."""
     if step < config.warmup:
         return config.lr * (step + 1) / (config.warmup + 1)
-    if config.schedule == "constant":
+    if config.schedule in ("constant", "plateau"):
         return config.lr
     span = max(1, config.steps - config.warmup)
     progress = min(1.0, (step - config.warmup) / span)
@@ -24,8 +26,9 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.min_lr + coefficient * (config.lr - config.min_lr)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    """A `LambdaLR` following `learning_rate` (its state is saved with each checkpoint)."""
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, scale=lambda: 1.0):
+    """A `LambdaLR` following `learning_rate` times `scale()` (the plateau factor the trainer
+    keeps and checkpoints; the scheduler's own state is saved with each checkpoint too)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate(step, config) / config.lr
+        optimizer, lambda step: learning_rate(step, config) * scale() / config.lr
     )

@@ -240,7 +240,8 @@ class Trainer:
         if config.fsdp:
             self._shard(self.model)
         self.optimizer = make_optimizer(self.model, config)
-        self.scheduler = make_scheduler(self.optimizer, config)
+        self.lr_scale = 1.0  # the "plateau" schedule divides it by 4 when validation stalls
+        self.scheduler = make_scheduler(self.optimizer, config, lambda: self.lr_scale)
         self.step, self.train_losses, self.evaluations = 0, [], []
         self.best_val, self.bad_evals, self.hidden = None, 0, None
         if self.state is not None:
@@ -319,6 +320,7 @@ class Trainer:
         self.train_losses = list(state["train_losses"])
         self.evaluations = list(state["evaluations"])
         self.best_val, self.bad_evals = state["best_val"], state["bad_evals"]
+        self.lr_scale = state["lr_scale"]
         hidden = state.get("hidden")
         if hidden is not None:
             from lmforge.models.rnn import RNNState
@@ -426,6 +428,8 @@ class Trainer:
                 self.best_val, self.bad_evals = score.loss, 0
             else:
                 self.bad_evals += 1
+                if config.schedule == "plateau":
+                    self._anneal()
             if writer is not None:
                 writer.add_scalar("val/loss", score.loss, self.step)
         self.evaluations.append(record)
@@ -442,6 +446,16 @@ class Trainer:
                       f"{config.patience} evaluations", file=sys.stderr)  # fmt: skip
         self.dist.barrier()
         return stop
+
+    def _anneal(self) -> None:
+        """Divide the learning rate by 4 from the next step on (the "plateau" schedule)."""
+        self.lr_scale /= 4.0
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas,
+            strict=True,
+        ):  # fmt: skip
+            group["lr"] = base * factor(step)
 
     # --- outputs -------------------------------------------------------------------------------
 
@@ -515,6 +529,7 @@ class Trainer:
             "evaluations": self.evaluations,
             "best_val": self.best_val,
             "bad_evals": self.bad_evals,
+            "lr_scale": self.lr_scale,
         }
 
     def _write_metrics(self) -> None:
