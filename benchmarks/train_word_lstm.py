@@ -1,7 +1,8 @@
 """PyTorch word_language_model's default LSTM on word-level Shakespeare, trained by lmforge.
 
 Model and optimisation as `python main.py --cuda --epochs 6` there: embedding 200, 2 x 200 LSTM,
-tied weights, dropout 0.2, bptt 35, batch 20, plain SGD at lr 20, gradient clip 0.25. The corpus
+tied weights, dropout 0.2, bptt 35, batch 20, plain SGD at lr 20 divided by 4 whenever an epoch
+does not improve validation loss, gradient clip 0.25. The corpus
 is the `shakespeare` package's complete works, lower-cased, split on whitespace, one <eos> per
 line, a 10,000-word vocabulary (the rest <unk>, as in Penn Treebank). Prints validation
 perplexity and seconds per epoch.
@@ -38,7 +39,7 @@ def main() -> None:
         data="shakespeare", tokenizer="word", lowercase=True, max_vocab=10_000,
         val_fraction=0.05, test_fraction=0.05, arch="lstm", n_embd=200, hidden_size=200,
         n_layer=2, dropout=0.2, tie_embeddings=True, block_size=35, batch_size=20,
-        optimizer="sgd", lr=20.0, min_lr=20.0, schedule="constant", warmup=0, grad_clip=0.25,
+        optimizer="sgd", lr=20.0, min_lr=0.0, schedule="plateau", warmup=0, grad_clip=0.25,
         weight_decay=0.0, log_interval=200,
     )  # fmt: skip
     tokenizer = train_word_tokenizer(
