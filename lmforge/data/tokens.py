@@ -53,7 +53,6 @@ class TokenSplits:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
-    path: Path
 
     def __getitem__(self, name: str) -> np.ndarray:
         return getattr(self, name)
@@ -126,5 +125,4 @@ def split_tokens(
     n = len(tokens)
     train_end = int(n * (1 - val_fraction - test_fraction))
     val_end = train_end + int(n * val_fraction)
-    path = Path(getattr(tokens, "filename", "") or "")
-    return TokenSplits(tokens[:train_end], tokens[train_end:val_end], tokens[val_end:], path)
+    return TokenSplits(tokens[:train_end], tokens[train_end:val_end], tokens[val_end:])

@@ -48,15 +48,15 @@ def describe_tokenizer(tokenizer) -> str:
 def measure(lm, name: str, text: str, prompt: str, max_new_tokens: int,
             context: int | None, stride: int | None) -> ModelRow:  # fmt: skip
     """Score `text`, time a greedy continuation of `prompt`, and describe the model."""
-    window = context
-    if window is not None and hasattr(lm.model.config, "max_seq_len"):
-        window = min(window, lm.model.config.max_seq_len)
-    score = perplexity(
-        lm.model, lm.tokenizer, text, window, min(stride, window) if stride and window else stride
-    )
+    if context is not None and hasattr(lm.model.config, "max_seq_len"):
+        context = min(context, lm.model.config.max_seq_len)  # each model within its own window
+        stride = min(stride, context) if stride else None
+    score = perplexity(lm.model, lm.tokenizer, text, context, stride)
     lm.generate(prompt, max_new_tokens=2)  # warm-up
     started = time.perf_counter()
-    completion = lm.generate(prompt, max_new_tokens=max_new_tokens, ignore_eos=True)
+    completion = lm.generate(
+        prompt, max_new_tokens=max_new_tokens, ignore_eos=True, truncate="left"
+    )
     seconds = time.perf_counter() - started
     return ModelRow(
         name=name,
