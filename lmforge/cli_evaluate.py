@@ -75,9 +75,19 @@ def cmd_bias(args) -> int:
         from lmforge.embeddings import KeyedVectors
 
         vectors = KeyedVectors.load(args.model)
-        tests = [args.test] if args.test else list(bias.WEAT_TESTS)
-        results = [bias.weat(vectors, t, args.permutations, args.seed) for t in tests]
-        lines = [r.table() for r in results]
+        if args.test:
+            results = [bias.weat(vectors, args.test, args.permutations, args.seed)]
+            skipped = []
+        else:  # every test whose word sets the vocabulary covers; say why the others cannot run
+            results, skipped = [], []
+            for test in bias.WEAT_TESTS:
+                try:
+                    results.append(bias.weat(vectors, test, args.permutations, args.seed))
+                except ConfigError as exc:
+                    skipped.append(f"skipped: {exc}")
+            if not results:
+                raise ConfigError("no WEAT test can run on these vectors:\n" + "\n".join(skipped))
+        lines = [r.table() for r in results] + skipped
         payload = [r.__dict__ for r in results]
     else:
         import lmforge

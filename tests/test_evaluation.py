@@ -325,3 +325,22 @@ def test_eval_cli_on_wikitext(smollm_path, capsys):
     assert '"tokens": 299' in out and '"bits_per_byte"' in out and '"word_perplexity"' in out
     assert main(["eval", "--model", str(smollm_path), "--data", str(WIKITEXT), "--max-tokens",
                  "300", "--context", "128", "--stride", "500"]) == 2  # fmt: skip
+
+
+def test_weat_cli_runs_the_tests_the_vocabulary_covers(tmp_path, capsys):
+    from lmforge.cli import main
+    from lmforge.embeddings.vectors import KeyedVectors
+
+    sets = bias.WEAT_TESTS["career-family/male-female"]
+    words = sorted({w for group in sets.values() for w in group})
+    torch.manual_seed(0)
+    KeyedVectors(words, torch.randn(len(words), 8)).save(tmp_path / "v.txt")
+    assert main(["bias", "--model", str(tmp_path / "v.txt"), "--probe", "weat",
+                 "--permutations", "500", "--out", str(tmp_path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "WEAT career-family/male-female: effect size" in out
+    assert out.count("skipped: WEAT") == len(bias.WEAT_TESTS) - 1
+    KeyedVectors(["alpha", "beta"], torch.randn(2, 8)).save(tmp_path / "none.txt")
+    assert main(["bias", "--model", str(tmp_path / "none.txt"), "--probe", "weat",
+                 "--out", str(tmp_path)]) == 2  # fmt: skip
+    assert "no WEAT test can run on these vectors" in capsys.readouterr().err
