@@ -31,6 +31,8 @@ def print_peak_rss() -> None:
 
 
 def timed(fn, runs: int) -> list[float]:
+    """A copy of `lmforge.bench.timed`: this file also runs in the llama.cpp venv, which has
+    neither torch nor lmforge to import it from."""
     fn()
     times = []
     for _ in range(runs):

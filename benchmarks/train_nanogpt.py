@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from lmforge.data.batches import RandomWindows
 from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus
+from lmforge.evaluation.perplexity import score_chunks
 from lmforge.tokenizers.train import train_char_tokenizer
 from lmforge.training.config import TrainConfig
 from lmforge.training.schedule import learning_rate
-from lmforge.training.trainer import evaluate, parameter_groups, train
+from lmforge.training.trainer import parameter_groups, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -87,7 +88,7 @@ def transformers_loop(config: TrainConfig, splits, tokenizer) -> tuple[float, fl
             return self.inner(ids).logits, None
 
     model.eval()
-    score = evaluate(Wrapped(model), splits.val, tokenizer, config.block_size)
+    score = score_chunks(Wrapped(model), splits.val, tokenizer, config.block_size)
     estimate = nanogpt_estimate(Wrapped(model), splits.val, config.block_size, config.batch_size, 0)
     params = sum(p.numel() for p in model.parameters())
     return 1000 * seconds / config.steps, score.loss, estimate, params

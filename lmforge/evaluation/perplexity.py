@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.rnn import is_stateful
 
 
 @dataclass
@@ -41,11 +42,11 @@ class Perplexity:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        return math.exp(min(self.loss, 700.0))  # an untrained model must not overflow
 
     @property
     def word_perplexity(self) -> float:
-        return math.exp(self.nll / max(1, self.words))
+        return math.exp(min(self.nll / max(1, self.words), 700.0))
 
     @property
     def bits_per_byte(self) -> float:
@@ -77,8 +78,6 @@ def token_nll(
 ) -> torch.Tensor:
     """-log p(token i | tokens before it) for i = 1 .. len(ids) - 1 (the first token has no
     history, as in the reference protocol), from a sliding window or a carried state."""
-    from lmforge.training.trainer import is_stateful
-
     if len(ids) < 2:
         raise ConfigError(
             f"the text is {len(ids)} token(s) long; perplexity needs at least 2 tokens"
@@ -121,8 +120,6 @@ def score_ids(
     stride: int | None = None,
 ) -> Perplexity:  # fmt: skip
     """Score token ids; `text` (what they spell) gives the word, byte and character counts."""
-    from lmforge.training.trainer import is_stateful
-
     losses = token_nll(model, ids, context, stride)
     windowed = not is_stateful(model)
     context = (context or model_context(model)) if windowed else None
@@ -148,3 +145,37 @@ def perplexity(
     if not text.strip():
         raise ConfigError("the text to evaluate is empty")
     return score_ids(model, tokenizer.encode(text), text, context, stride)
+
+
+@torch.inference_mode()
+def score_chunks(
+    model: nn.Module, tokens, tokenizer, block_size: int, batch_size: int = 8,
+    max_tokens: int | None = None,
+) -> Perplexity:  # fmt: skip
+    """The fast held-out score used while training: `tokens` cut into `batch_size` streams read
+    `block_size` at a time, each token predicted once. Recurrent models carry their state
+    across chunks; attention models see each chunk alone (the sliding-window protocol with
+    stride = context, batched)."""
+    from lmforge.data.batches import eval_chunks
+
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    stateful = is_stateful(model)
+    device = next(model.parameters()).device
+    for x, y, first in eval_chunks(tokens, block_size, batch_size):
+        x, y = x.to(device), y.to(device)
+        if first or not stateful:
+            state = None
+        logits, state = model(x, state) if stateful else model(x)
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    model.train(was_training)
+    text = tokenizer.decode([int(t) for t in tokens[: count + 1]], skip_special_tokens=False)
+    return Perplexity(
+        nll=total, tokens=count, words=len(text.split()), bytes=len(text.encode("utf-8")),
+        characters=len(text), context=None if stateful else block_size,
+        stride=None if stateful else block_size,
+    )  # fmt: skip

@@ -68,6 +68,11 @@ class RNNState:
         return self
 
 
+def is_stateful(model: nn.Module) -> bool:
+    """Recurrent models carry their hidden state from one chunk of text to the next."""
+    return isinstance(model, RNNLM)
+
+
 class RNNLM(nn.Module):
     """Embedding, a stack of recurrent layers, and a (possibly tied) output projection."""
 

@@ -1,6 +1,6 @@
 """Training: one trainer for every lmforge model (from scratch, fine-tuning, LoRA, torchrun)."""
 
 from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import TrainResult, evaluate, train
+from lmforge.training.trainer import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]

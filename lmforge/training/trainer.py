@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.data.batches import RandomWindows, Streams, eval_chunks
+from lmforge.data.batches import RandomWindows, Streams
 from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus, tokenizer_digest
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.evaluation.perplexity import score_chunks
+from lmforge.models.rnn import is_stateful
 from lmforge.tokenizers import Tokenizer
 from lmforge.training import checkpointing
 from lmforge.training.config import TrainConfig
@@ -32,20 +33,6 @@ from lmforge.training.distributed import setup, teardown
 from lmforge.training.schedule import make_scheduler
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class Evaluation:
-    """Held-out scores: mean loss per token (nats) and what it means per character and byte."""
-
-    loss: float
-    tokens: int
-    bits_per_char: float
-    bits_per_byte: float
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.loss, 700.0))
 
 
 @dataclass
@@ -62,48 +49,6 @@ class TrainResult:
     @property
     def ms_per_step(self) -> float:
         return 1000 * self.train_seconds / max(1, self.steps_run)
-
-
-def is_stateful(model: nn.Module) -> bool:
-    """Recurrent models carry hidden state from one chunk of text to the next."""
-    from lmforge.models.rnn import RNNLM
-
-    return isinstance(model, RNNLM)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    tokens,
-    tokenizer: Tokenizer,
-    block_size: int,
-    batch_size: int = 8,
-    precision: str = "fp32",
-    max_tokens: int | None = None,
-) -> Evaluation:
-    """Mean next-token loss over `tokens`, each predicted once: recurrent models carry state
-    across chunks, attention models see each chunk on its own (up to `block_size` of context)."""
-    if max_tokens is not None:
-        tokens = tokens[: max_tokens + 1]
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    stateful = is_stateful(model)
-    device = next(model.parameters()).device
-    for x, y, first in eval_chunks(tokens, block_size, batch_size):
-        x, y = x.to(device), y.to(device)
-        if first or not stateful:
-            state = None
-        with _autocast(precision, device):
-            logits, state = model(x, state) if stateful else model(x)
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
-        count += y.numel()
-    model.train(was_training)
-    text = tokenizer.decode([int(t) for t in tokens[: count + 1]], skip_special_tokens=False)
-    bits = total / math.log(2)
-    return Evaluation(
-        total / count, count, bits / max(1, len(text)), bits / max(1, len(text.encode()))
-    )
 
 
 def _autocast(precision: str, device: torch.device):
@@ -419,10 +364,11 @@ class Trainer:
         }
         improved = True
         if len(self.splits.val) > 1:
-            score = evaluate(self.model, self.splits.val, self.tokenizer, config.block_size,
-                             precision=config.precision, max_tokens=config.eval_tokens)  # fmt: skip
+            with _autocast(config.precision, self.dist.device):
+                score = score_chunks(self.model, self.splits.val, self.tokenizer,
+                                     config.block_size, max_tokens=config.eval_tokens)  # fmt: skip
             record.update(val_loss=score.loss, val_ppl=score.perplexity,
-                          val_bpc=score.bits_per_char, val_bpb=score.bits_per_byte)  # fmt: skip
+                          val_bpc=score.bits_per_character, val_bpb=score.bits_per_byte)  # fmt: skip
             improved = self.best_val is None or score.loss < self.best_val
             if improved:
                 self.best_val, self.bad_evals = score.loss, 0
