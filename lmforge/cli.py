@@ -370,8 +370,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
             vectors, stats = emb.train_glove(sentences, **common)
         else:
             vectors, stats = emb.train_word2vec(
-                sentences, method=args.method, negative=args.negative, sample=args.sample, **common
-            )
+                sentences, method=args.method, negative=args.negative, sample=args.sample,
+                workers=args.workers, **common,
+            )  # fmt: skip
         vectors.save(args.out, binary=args.binary)
         print(f"{len(vectors)} words x {vectors.dim} -> {args.out} "
               f"({stats.words_per_second:,.0f} words/s; loss per epoch "
@@ -437,6 +438,10 @@ def _add_embed_parser(verbs) -> None:
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--negative", type=int, default=5)
     train.add_argument("--sample", type=float, default=1e-3)
+    train.add_argument(
+        "--workers", type=int, default=2,
+        help="word2vec threads (Hogwild, as gensim); 1 makes a seeded run exactly repeatable",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     evaluate = actions.add_parser("eval", help="WordSim-353, SimLex-999, Google analogies")
     evaluate.add_argument("vectors")

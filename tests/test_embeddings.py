@@ -155,6 +155,71 @@ def test_training_finds_planted_structure(method):
     assert sum(hits) / len(hits) > 0.9
 
 
+def test_one_worker_is_repeatable_and_workers_learn_the_same_structure():
+    topics, sentences = _planted_corpus()
+    common = dict(vector_size=20, window=4, epochs=5, min_count=1, sample=0, seed=3)
+    first, _ = train_word2vec(sentences, workers=1, **common)
+    again, _ = train_word2vec(sentences, workers=1, **common)
+    assert torch.equal(first.vectors, again.vectors)
+    hogwild, stats = train_word2vec(sentences, workers=3, **common)
+    assert stats.losses[-1] < stats.losses[0]
+    topic_of = {w: t for t, words in enumerate(topics) for w in words}
+    hits = [
+        topic_of[n] == topic_of[w] for w in topic_of for n, _ in hogwild.most_similar(w, topn=5)
+    ]
+    assert sum(hits) / len(hits) > 0.9
+
+
+def test_context_windows_match_a_direct_loop():
+    """Every centre's context is exactly the words within its random reach, in its sentence,
+    in order, then -1 padding (word2vec's dynamic window)."""
+    from lmforge.embeddings.train import _context_slots, _context_spans
+
+    rng = random.Random(0)
+    sentence = torch.tensor(sorted(rng.randrange(400) for _ in range(3000)))
+    first, last = _context_spans(sentence, 5, torch.Generator().manual_seed(7), reduced=True)
+    reach = torch.randint(1, 6, (3000,), generator=torch.Generator().manual_seed(7))
+    slots = _context_slots(torch.arange(3000), first, last, 5)
+    for i in range(3000):
+        r = int(reach[i])
+        inside = [j for j in range(i - r, i + r + 1) if 0 <= j < 3000 and j != i]
+        want = [j for j in inside if sentence[j] == sentence[i]]
+        assert slots[i].tolist() == want + [-1] * (10 - len(want))
+
+
+@pytest.mark.parametrize("average", [False, True], ids=["skipgram", "cbow"])
+def test_batched_step_is_word2vecs_update(average):
+    """One step on two windows equals word2vec's update written out pair by pair (with the
+    window's negatives shared by its context words, and every update computed from the old
+    vectors, as in a batch)."""
+    from lmforge.embeddings.train import _negative_sampling_step, _Scratch
+
+    torch.manual_seed(0)
+    V, D, lr = 12, 6, 0.1
+    w_in, w_out = torch.randn(V, D, dtype=torch.float64), torch.randn(V, D, dtype=torch.float64)
+    contexts = torch.tensor([[1, 2, 3], [4, 5, -1]])
+    centres, negatives = torch.tensor([6, 7]), torch.tensor([[8, 9], [10, 1]])
+    want_in, want_out = w_in.clone(), w_out.clone()
+    batch = zip(contexts.tolist(), centres.tolist(), negatives.tolist(), strict=True)
+    for window, centre, noise in batch:
+        words = [w for w in window if w >= 0]
+        hiddens = [w_in[words].mean(0)] if average else [w_in[w] for w in words]
+        for k, hidden in enumerate(hiddens):
+            error = torch.zeros(D, dtype=torch.float64)
+            for label, target in [(1.0, centre)] + [(0.0, n) for n in noise]:
+                g = (label - torch.sigmoid(hidden @ w_out[target])) * lr
+                want_out[target] += g * hidden
+                error += g * w_out[target]
+            for word in words if average else [words[k]]:
+                want_in[word] += error
+    scratch = _Scratch(V, 2, 3, 3, D)
+    for name in ("rows", "in_error", "out_vectors", "out_error"):
+        setattr(scratch, name, getattr(scratch, name).double())
+    _negative_sampling_step(w_in, w_out, contexts, centres, negatives, lr, scratch, average)
+    torch.testing.assert_close(w_in, want_in)
+    torch.testing.assert_close(w_out, want_out)
+
+
 def test_shakespeare_skipgram_neighbours():
     sentences = read_corpus("shakespeare")[:40000]
     vectors, stats = train_word2vec(sentences, epochs=3, min_count=5, seed=1)
@@ -192,6 +257,8 @@ def test_bad_input_errors(tmp_path):
         evaluate_word_pairs(vectors, wrong)
     with pytest.raises(ConfigError, match="method='fasttext'"):
         train_word2vec([["a"]], method="fasttext", min_count=1)
+    with pytest.raises(ConfigError, match="workers=0; expected an integer >= 1"):
+        train_word2vec([["a", "b"]], min_count=1, workers=0)
 
 
 def test_embed_cli(tmp_path, capsys):

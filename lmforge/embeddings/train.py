@@ -1,17 +1,24 @@
 """word2vec (skip-gram and CBOW, negative sampling) and GloVe, trained with tensor operations.
 
-Nothing loops in Python per (centre, context) pair: each epoch subsamples the corpus, draws every
-centre's reduced window and builds all (centre, context) slots as one tensor; training then runs
-over shuffled mini-batches with word2vec's own update rule (plain SGD, learning rate decaying
-linearly to `min_alpha`). GloVe counts co-occurrences (weighted 1/distance) with `torch.unique`
-and fits its weighted least squares with AdaGrad, as the reference implementation does.
-"""
+Nothing loops in Python per (centre, context) pair. word2vec works through the corpus a piece
+(~1M tokens) at a time: it subsamples frequent words, draws every centre's reduced window, and
+lays the windows out as one (n, 2 * window) tensor of context words, sorted by size so that a
+batch of windows is a dense block. Each step then applies word2vec's update rule (plain SGD,
+learning rate decaying linearly to `min_alpha`) to a batch with gathers, small batched matrix
+products and scatter-adds, and `workers` threads run steps at once (Hogwild). GloVe counts
+co-occurrences (weighted 1/distance) with `torch.unique` and fits its weighted least squares
+with AdaGrad, as the reference implementation does."""
 
 from __future__ import annotations
 
 import collections
+import functools
+import gc
+import math
 import re
 import time
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +74,10 @@ class Vocabulary:
     def encode(self, sentences: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(word ids, sentence ids) of the in-vocabulary words, concatenated."""
         index = {w: i for i, w in enumerate(self.words)}
-        ids, sentence = [], []
-        for number, words in enumerate(sentences):
-            known = [index[w] for w in words if w in index]
-            ids.extend(known)
-            sentence.extend([number] * len(known))
-        return torch.tensor(ids), torch.tensor(sentence)
+        ids = torch.tensor([index.get(w, -1) for words in sentences for w in words])
+        sentence = torch.repeat_interleave(torch.tensor([len(words) for words in sentences]))
+        known = ids >= 0
+        return ids[known], sentence[known]
 
 
 @dataclass
@@ -86,32 +91,68 @@ class TrainStats:
         return self.words / self.seconds
 
 
-def _context_slots(ids, sentence, window: int, generator, reduced: bool) -> torch.Tensor:
-    """(n, 2 * window) positions of each token's context words, -1 where there is none: outside
-    its sentence, or (word2vec's dynamic window) beyond its randomly reduced window."""
-    n = len(ids)
-    reach = (
-        torch.randint(1, window + 1, (n,), generator=generator)
-        if reduced
-        else torch.full((n,), window)
-    )
+def _context_spans(sentence, window: int, generator, reduced: bool) -> tuple[torch.Tensor, ...]:
+    """(first, last) positions of each token's context: within its sentence and within its
+    reach, which word2vec's dynamic window draws from 1..window for every centre."""
+    n = len(sentence)
     positions = torch.arange(n)
-    slots = []
-    for offset in [d for w in range(1, window + 1) for d in (-w, w)]:
-        other = positions + offset
-        ok = (other >= 0) & (other < n) & (reach >= abs(offset))
-        other = other.clamp(0, n - 1)
-        ok &= sentence[other] == sentence
-        slots.append(torch.where(ok, other, -1))
-    return torch.stack(slots, dim=1)
+    reach = torch.randint(1, window + 1, (n,), generator=generator) if reduced else window
+    _, lengths = torch.unique_consecutive(sentence, return_counts=True)
+    ends = lengths.cumsum(0)
+    first = torch.maximum(positions - reach, (ends - lengths).repeat_interleave(lengths))
+    last = torch.minimum(positions + reach, ends.repeat_interleave(lengths) - 1)
+    return first, last
 
 
-def _noise_table(counts: torch.Tensor, size: int = 10_000_000) -> torch.Tensor:
-    """A table whose uniform samples follow unigram^0.75 (word2vec's negative-sampling noise)."""
+def _context_slots(centre, first, last, window: int) -> torch.Tensor:
+    """(n, 2 * window) positions of each centre's context words, in order and then -1."""
+    slots = first[:, None] + torch.arange(2 * window)
+    slots += slots >= centre[:, None]  # step over the centre itself
+    return torch.where(slots <= last[:, None], slots, -1)
+
+
+def _noise_table(counts: torch.Tensor) -> torch.Tensor:
+    """A table whose uniform samples follow unigram^0.75 (word2vec's negative-sampling noise):
+    100 entries per word on average (at least 1 each), int32 so that it mostly stays in cache."""
+    size = min(100_000_000, max(1_000_000, 100 * len(counts)))
     weights = counts.double() ** 0.75
-    return torch.repeat_interleave(
-        torch.arange(len(counts)), (weights / weights.sum() * size).round().long().clamp(min=1)
-    )
+    repeats = (weights / weights.sum() * size).round().long().clamp(min=1)
+    return torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int32), repeats)
+
+
+def _chunks(sentence: torch.Tensor, size: int) -> list[tuple[int, int]]:
+    """[begin, end) token ranges of about `size` tokens, cut where a sentence starts, so that
+    an epoch's pairs are built and trained a piece at a time: memory stays flat."""
+    cuts = [0]
+    while cuts[-1] + size < len(sentence):
+        at = int(torch.searchsorted(sentence, sentence[cuts[-1] + size]))
+        cuts.append(at if at > cuts[-1] else cuts[-1] + size)
+    return list(zip(cuts, cuts[1:] + [len(sentence)], strict=True))
+
+
+_CHUNK_TOKENS = 1_000_000
+
+
+def _windows(ids, sentence, keep, window, generator) -> tuple[torch.Tensor, ...]:
+    """(contexts, centres, sizes) of one piece of the corpus: frequent words subsampled, each
+    centre's window reduced at random (word2vec's dynamic window). contexts is (n, 2 * window)
+    with each window's words first and -1 after them; windows come shuffled, then sorted by
+    size, so that a batch of them is a dense block (trim it to its last size); centres without
+    any context are dropped."""
+    if keep is not None:
+        draws = torch.rand(len(ids), generator=generator, dtype=torch.float64)
+        chosen = draws < keep.index_select(0, ids)
+        ids, sentence = ids[chosen], sentence[chosen]
+    first, last = _context_spans(sentence, window, generator, reduced=True)
+    sizes = last - first
+    # index_select rather than fancy indexing throughout: 3x faster on these long vectors
+    order = torch.randperm(len(ids), generator=generator)
+    order = order.index_select(0, torch.argsort(sizes.index_select(0, order), stable=True))
+    order = order[sizes.index_select(0, order) > 0]
+    slots = _context_slots(order, first.index_select(0, order), last.index_select(0, order), window)
+    words = ids.index_select(0, slots.clamp(min=0).flatten()).view(slots.shape)
+    contexts = words.masked_fill_(slots < 0, -1)
+    return contexts, ids.index_select(0, order), sizes.index_select(0, order)
 
 
 def train_word2vec(
@@ -125,15 +166,21 @@ def train_word2vec(
     epochs: int = 5,
     alpha: float | None = None,
     min_alpha: float = 0.0001,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
+    workers: int = 2,
     seed: int = 0,
 ) -> tuple[KeyedVectors, TrainStats]:
     """Train skip-gram or CBOW (mean of context vectors) with negative sampling. Defaults are
-    gensim's (alpha 0.025; word2vec.c uses 0.05 for CBOW, pass it if you want that)."""
+    gensim's (alpha 0.025; word2vec.c uses 0.05 for CBOW, pass it if you want that).
+
+    `workers` threads train at once on the shared vectors without locks (Hogwild, as word2vec.c
+    and gensim do), each running its PyTorch ops on one core. Like gensim's, such a run is not
+    exactly repeatable; with workers=1 a seed gives the same vectors every time."""
     if method not in ("skipgram", "cbow"):
         raise ConfigError(f"method={method!r}; expected 'skipgram', 'cbow' (or use train_glove)")
     for name, value in (("vector_size", vector_size), ("window", window), ("negative", negative),
-                        ("epochs", epochs), ("min_count", min_count)):  # fmt: skip
+                        ("epochs", epochs), ("min_count", min_count), ("batch_size", batch_size),
+                        ("workers", workers)):  # fmt: skip
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}; expected an integer >= 1")
     alpha = 0.025 if alpha is None else alpha
@@ -146,82 +193,161 @@ def train_word2vec(
     keep = ((counts / (sample * total)).sqrt() + 1) * (sample * total) / counts if sample else None
     noise = _noise_table(vocab.counts)
     V, D = len(vocab.words), vector_size
+    # at most V windows a batch: on a tiny vocabulary, thousands of summed updates to the same
+    # output rows made skip-gram diverge (48 words, 1024 windows); sequential word2vec applies
+    # them one at a time
+    batch_size = min(batch_size, V)
     w_in = (torch.rand(V, D, generator=generator) - 0.5) / D
     w_out = torch.zeros(V, D)
-    losses = []
-    for epoch in range(epochs):
-        chosen = torch.ones(len(ids), dtype=torch.bool)
-        if keep is not None:
-            chosen = torch.rand(len(ids), generator=generator, dtype=torch.float64) < keep[ids]
-        e_ids, e_sentence = ids[chosen], sentence[chosen]
-        slots = _context_slots(e_ids, e_sentence, window, generator, reduced=True)
-        if method == "skipgram":
-            centre, slot = (slots >= 0).nonzero(as_tuple=True)
-            # gensim's skip-gram predicts the centre word from each context word's vector
-            inputs, targets = e_ids[slots[centre, slot]][:, None], e_ids[centre]
-        else:
-            has_context = (slots >= 0).any(dim=1)
-            inputs = torch.where(slots >= 0, e_ids[slots.clamp(min=0)], -1)[has_context]
-            targets = e_ids[has_context]
-        order = torch.randperm(len(targets), generator=generator)
-        inputs, targets = inputs[order], targets[order]
-        epoch_loss, batches = 0.0, 0
-        for begin in range(0, len(targets), batch_size):
-            progress = (epoch + begin / len(targets)) / epochs
-            lr = alpha - (alpha - min_alpha) * progress
-            batch_in, batch_target = (
-                inputs[begin : begin + batch_size],
-                targets[begin : begin + batch_size],
-            )
-            negatives = noise[
-                torch.randint(len(noise), (len(batch_target), negative), generator=generator)
-            ]
-            epoch_loss += _negative_sampling_step(
-                w_in, w_out, batch_in, batch_target, negatives, lr
-            )
-            batches += 1
-        losses.append(epoch_loss / max(batches, 1))
+    chunks = _chunks(sentence, _CHUNK_TOKENS)
+
+    def pieces():
+        """(epoch, (contexts, centres, negatives), batches) for each piece of each epoch, each
+        batch (first row, width, learning rate): similar windows, in random order, the
+        learning rate following the position in that order."""
+        for epoch in range(epochs):
+            for begin, end in chunks:
+                contexts, centres, sizes = _windows(
+                    ids[begin:end], sentence[begin:end], keep, window, generator
+                )
+                if not len(centres):
+                    continue
+                draws = torch.randint(len(noise), (len(centres) * negative,), generator=generator)
+                negatives = noise.index_select(0, draws).view(-1, negative)
+                starts = torch.arange(0, len(centres), batch_size)
+                starts = starts[torch.randperm(len(starts), generator=generator)]
+                widths = sizes[(starts + batch_size).clamp(max=len(centres)) - 1]
+                # the fraction of the whole run done when each batch starts
+                done = [
+                    (epoch + (begin + (end - begin) * i / len(starts)) / len(ids)) / epochs
+                    for i in range(len(starts))
+                ]
+                lrs = [alpha - (alpha - min_alpha) * fraction for fraction in done]
+                yield (
+                    epoch,
+                    (contexts, centres, negatives),
+                    list(zip(starts.tolist(), widths.tolist(), lrs, strict=True)),
+                )
+
+    scratch = [_Scratch(V, batch_size, 2 * window, 1 + negative, D) for _ in range(workers)]
+    totals = [[0.0, 0] for _ in range(epochs)]  # summed batch losses and batches, per epoch
+    threads = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(1)  # the workers are the parallelism
+    submitted = []  # (epoch, future) of every job
+    # The steps create no reference cycles, but their many short-lived tensors made the cyclic
+    # collector re-scan the corpus's sentence lists: 7% of the time (measured). It is back on
+    # when training ends.
+    collecting = gc.isenabled()
+    gc.disable()
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            for epoch, windows, batches in pieces():  # built while the last piece trains
+                futures.wait([future for _, future in submitted])  # then train this one
+                train = functools.partial(
+                    _train_batches, (w_in, w_out), windows, batch_size, method == "cbow",
+                    workers > 1,
+                )  # fmt: skip
+                submitted += [
+                    (epoch, pool.submit(train, (batches[worker::workers], scratch[worker])))
+                    for worker in range(workers)
+                ]
+        finally:
+            torch.set_num_threads(threads)
+            if collecting:
+                gc.enable()
+    for epoch, future in submitted:
+        loss, steps = future.result()
+        totals[epoch] = [totals[epoch][0] + loss, totals[epoch][1] + steps]
+    losses = [loss / max(steps, 1) for loss, steps in totals]
     words = sum(len(s) for s in sentences) * epochs
     return KeyedVectors(vocab.words, w_in), TrainStats(words, time.perf_counter() - start, losses)
 
 
-def _negative_sampling_step(w_in, w_out, inputs, targets, negatives, lr) -> float:
-    """One SGD step of word2vec's objective on a batch; returns the mean loss.
+def _train_batches(tables, windows, batch_size, average, own_thread, job) -> tuple[float, int]:
+    """Run a job's batches ((first row, width, learning rate) each) of `windows` (contexts,
+    centres, negatives) with its scratch buffers; returns (summed mean loss, number of steps).
+    A worker thread runs its ops on one core."""
+    batches, scratch = job
+    if own_thread:
+        torch.set_num_threads(1)  # the workers are the parallelism
+    loss = 0.0
+    contexts, centres, negatives = windows
+    for row, width, lr in batches:
+        rows = slice(row, row + batch_size)
+        loss += _negative_sampling_step(
+            *tables, contexts[rows, :width], centres[rows], negatives[rows], lr, scratch, average
+        )
+    return loss, len(batches)
 
-    inputs (B, C): input words, -1 padding (skip-gram: C = 1; CBOW: the mean of C vectors).
-    Each row's gradient is word2vec's: the hidden vector's error goes to every input word."""
-    if inputs.shape[1] == 1:  # skip-gram: the hidden vector is the input word's own
-        hidden, valid = w_in[inputs[:, 0]], None
-    else:
-        valid = inputs >= 0
-        count = valid.sum(dim=1, keepdim=True).clamp(min=1)
-        hidden = (w_in[inputs.clamp(min=0)] * valid[..., None]).sum(dim=1) / count
-    outputs = torch.cat([targets[:, None], negatives], dim=1)  # (B, 1 + K)
-    out_vectors = w_out[outputs]
-    logits = torch.bmm(out_vectors, hidden[:, :, None]).squeeze(2)
+
+class _Scratch:
+    """A worker's buffers, allocated once. glibc serves an allocation over 128 KB with fresh
+    pages, so allocating the step's large intermediates every time spent a third of it in page
+    faults (measured)."""
+
+    def __init__(self, vocabulary: int, windows: int, contexts: int, outputs: int, dim: int):
+        self.rows = torch.empty(windows * contexts * dim)
+        self.in_error = torch.empty(windows * contexts * dim)
+        self.out_vectors = torch.empty(windows * outputs * dim)
+        self.out_error = torch.empty(windows * outputs * dim)
+        self.hits = torch.zeros(vocabulary, dtype=torch.int32)
+
+    def take(self, name: str, *shape: int) -> torch.Tensor:
+        """The buffer `name`'s first elements, as a tensor of `shape`."""
+        return getattr(self, name)[: math.prod(shape)].view(shape)
+
+
+def _negative_sampling_step(
+    w_in, w_out, contexts, centres, negatives, lr, scratch, average: bool
+) -> float:
+    """One SGD step of word2vec's objective on B windows; returns the mean loss per prediction.
+
+    contexts (B, C): each window's context words, -1 padded; centres (B,); negatives (B, K).
+    Skip-gram (average=False) predicts the centre from each context word's vector (gensim's
+    order), CBOW (average=True) from their mean. A window's context words share its K negatives,
+    as in BlazingText (Gupta & Khare, 2017): the window's output rows are then read and written
+    once, not once per pair, and every product is a small batched matrix multiply. Gradients
+    are word2vec's: the hidden vector's error goes to every input word. Padding reads row 0 and
+    adds exact zeros to it."""
+    (B, C), D, outputs = contexts.shape, w_in.shape[1], 1 + negatives.shape[1]
+    valid = contexts >= 0
+    words = contexts.clamp(min=0).flatten()
+    rows = torch.index_select(w_in, 0, words, out=scratch.take("rows", B * C, D)).view(B, C, D)
+    if average:  # CBOW: one hidden vector per window, the mean of its context vectors
+        share = valid.to(rows.dtype) / valid.sum(dim=1, keepdim=True)
+        hidden, mask = torch.bmm(share[:, None, :], rows), 1.0
+    else:  # skip-gram: each context vector on its own
+        hidden, mask = rows, valid[..., None]
+    targets = torch.cat([centres[:, None], negatives], dim=1).flatten()  # (B * (1 + K),)
+    out_vectors = scratch.take("out_vectors", B * outputs, D)
+    out_vectors = torch.index_select(w_out, 0, targets, out=out_vectors).view(B, outputs, D)
+    logits = torch.bmm(hidden, out_vectors.transpose(1, 2))  # (B, 1 or C, 1 + K)
     labels = torch.zeros_like(logits)
-    labels[:, 0] = 1
-    gradient = (labels - torch.sigmoid(logits)) * lr  # ascent on the log-likelihood
-    hidden_error = torch.bmm(gradient[:, None, :], out_vectors).squeeze(1)
-    w_out.index_add_(0, outputs.flatten(), (gradient[..., None] * hidden[:, None]).flatten(0, 1))
-    if valid is None:
-        _add_capped(w_in, inputs[:, 0], hidden_error)
+    labels[..., 0] = 1
+    gradient = (labels - torch.sigmoid(logits)) * (lr * mask)  # ascent on the log-likelihood
+    # outer products (CBOW's H = 1) are faster as broadcast multiplies than as matrix products
+    product = torch.mul if average else torch.bmm
+    out_error = product(
+        gradient.transpose(1, 2), hidden, out=scratch.take("out_error", B, outputs, D)
+    )
+    # An input row hit more than _MAX_HITS times in one batch gets their sum scaled down to that
+    # many. Sequential SGD would apply such updates one after another, each seeing the last;
+    # summed at once, hundreds of them overshoot (CBOW, whose every row updates all its context
+    # words, diverged on a small vocabulary), while the few hits of an ordinary word add up
+    # exactly as in word2vec. Output vectors keep plain sums: capping the frequent negatives'
+    # updates made skip-gram's neighbours visibly worse.
+    hits = scratch.hits.zero_().index_add_(0, words, valid.flatten().int())
+    scale = (_MAX_HITS / hits[words].clamp(min=_MAX_HITS)).view(B, C, 1).to(rows.dtype)
+    in_error = scratch.take("in_error", B, C, D)
+    if average:
+        torch.mul(valid[..., None] * scale, torch.bmm(gradient, out_vectors), out=in_error)
     else:
-        _add_capped(w_in, inputs[valid], hidden_error[valid.nonzero(as_tuple=True)[0]])
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-    return float(loss) / len(targets)
-
-
-def _add_capped(table: torch.Tensor, index: torch.Tensor, updates: torch.Tensor) -> None:
-    """Add updates to input vectors; a row hit more than `_MAX_HITS` times in one batch gets
-    their sum scaled down to that many. Sequential SGD would apply such updates one after
-    another, each seeing the last; summed at once, hundreds of them overshoot (CBOW, whose every
-    row updates all its context words, diverged on a small vocabulary), while the few hits of an
-    ordinary word add up exactly as in word2vec. Output vectors keep plain sums: capping the
-    frequent negatives' updates made skip-gram's neighbours visibly worse."""
-    hits = torch.bincount(index, minlength=table.shape[0]).float()
-    scale = (_MAX_HITS / hits.clamp(min=_MAX_HITS))[index, None]
-    table.index_add_(0, index, updates * scale)
+        torch.bmm(gradient * scale, out_vectors, out=in_error)
+    w_out.index_add_(0, targets, out_error.view(-1, D))
+    w_in.index_add_(0, words, in_error.view(-1, D))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return float((loss * mask).sum()) / (B if average else int(valid.sum()))
 
 
 _MAX_HITS = 8.0
@@ -247,7 +373,8 @@ def train_glove(
     vocab = Vocabulary.build(sentences, min_count)
     ids, sentence = vocab.encode(sentences)
     V, D = len(vocab.words), vector_size
-    slots = _context_slots(ids, sentence, window, generator, reduced=False)
+    first, last = _context_spans(sentence, window, generator, reduced=False)
+    slots = _context_slots(torch.arange(len(ids)), first, last, window)
     centre, slot = (slots >= 0).nonzero(as_tuple=True)
     other = slots[centre, slot]
     distance = (other - centre).abs().double()
