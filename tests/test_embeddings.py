@@ -172,19 +172,20 @@ def test_one_worker_is_repeatable_and_workers_learn_the_same_structure():
 
 def test_context_windows_match_a_direct_loop():
     """Every centre's context is exactly the words within its random reach, in its sentence,
-    in order, then -1 padding (word2vec's dynamic window)."""
+    in order, then unused slots (word2vec's dynamic window)."""
     from lmforge.embeddings.train import _context_slots, _context_spans
 
     rng = random.Random(0)
     sentence = torch.tensor(sorted(rng.randrange(400) for _ in range(3000)))
     first, last = _context_spans(sentence, 5, torch.Generator().manual_seed(7), reduced=True)
     reach = torch.randint(1, 6, (3000,), generator=torch.Generator().manual_seed(7))
-    slots = _context_slots(torch.arange(3000), first, last, 5)
+    slots, unused = _context_slots(torch.arange(3000), first, last, 5)
     for i in range(3000):
         r = int(reach[i])
         inside = [j for j in range(i - r, i + r + 1) if 0 <= j < 3000 and j != i]
         want = [j for j in inside if sentence[j] == sentence[i]]
-        assert slots[i].tolist() == want + [-1] * (10 - len(want))
+        assert slots[i][~unused[i]].tolist() == want
+        assert unused[i].tolist() == [False] * len(want) + [True] * (10 - len(want))
 
 
 @pytest.mark.parametrize("average", [False, True], ids=["skipgram", "cbow"])
@@ -199,15 +200,18 @@ def test_batched_step_is_word2vecs_update(average):
     w_in, w_out = torch.randn(V, D, dtype=torch.float64), torch.randn(V, D, dtype=torch.float64)
     contexts = torch.tensor([[1, 2, 3], [4, 5, -1]])
     centres, negatives = torch.tensor([6, 7]), torch.tensor([[8, 9], [10, 1]])
-    want_in, want_out = w_in.clone(), w_out.clone()
+    want_in, want_out, want_loss = w_in.clone(), w_out.clone(), []
     batch = zip(contexts.tolist(), centres.tolist(), negatives.tolist(), strict=True)
     for window, centre, noise in batch:
         words = [w for w in window if w >= 0]
         hiddens = [w_in[words].mean(0)] if average else [w_in[w] for w in words]
         for k, hidden in enumerate(hiddens):
             error = torch.zeros(D, dtype=torch.float64)
+            want_loss.append(0.0)
             for label, target in [(1.0, centre)] + [(0.0, n) for n in noise]:
-                g = (label - torch.sigmoid(hidden @ w_out[target])) * lr
+                p = torch.sigmoid(hidden @ w_out[target])
+                want_loss[-1] -= float(torch.log(p if label else 1 - p))
+                g = (label - p) * lr
                 want_out[target] += g * hidden
                 error += g * w_out[target]
             for word in words if average else [words[k]]:
@@ -215,7 +219,8 @@ def test_batched_step_is_word2vecs_update(average):
     scratch = _Scratch(V, 2, 3, 3, D)
     for name in ("rows", "in_error", "out_vectors", "out_error"):
         setattr(scratch, name, getattr(scratch, name).double())
-    _negative_sampling_step(w_in, w_out, contexts, centres, negatives, lr, scratch, average)
+    loss = _negative_sampling_step(w_in, w_out, contexts, centres, negatives, lr, scratch, average)
+    assert loss == pytest.approx(sum(want_loss) / len(want_loss))
     torch.testing.assert_close(w_in, want_in)
     torch.testing.assert_close(w_out, want_out)
 

@@ -1,13 +1,13 @@
 """word2vec (skip-gram and CBOW, negative sampling) and GloVe, trained with tensor operations.
 
-Nothing loops in Python per (centre, context) pair. word2vec works through the corpus a piece
-(~1M tokens) at a time: it subsamples frequent words, draws every centre's reduced window, and
-lays the windows out as one (n, 2 * window) tensor of context words, sorted by size so that a
-batch of windows is a dense block. Each step then applies word2vec's update rule (plain SGD,
+Nothing loops in Python per (centre, context) pair. word2vec cuts the corpus into ~100k-token
+pieces; a worker takes a piece, subsamples frequent words, draws every centre's reduced window,
+and lays the windows out as one (n, 2 * window) tensor of context words, sorted by size so that
+a batch of windows is a dense block. Each step then applies word2vec's update rule (plain SGD,
 learning rate decaying linearly to `min_alpha`) to a batch with gathers, small batched matrix
-products and scatter-adds, and `workers` threads run steps at once (Hogwild). GloVe counts
-co-occurrences (weighted 1/distance) with `torch.unique` and fits its weighted least squares
-with AdaGrad, as the reference implementation does."""
+products and scatter-adds; `workers` threads do this at once on shared vectors (Hogwild). GloVe
+counts co-occurrences (weighted 1/distance) with `torch.unique` and fits its weighted least
+squares with AdaGrad, as the reference implementation does."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import collections
 import functools
 import gc
 import math
+import queue
 import re
 import time
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +84,7 @@ class Vocabulary:
 class TrainStats:
     words: int  # corpus words (before min_count and subsampling) times epochs
     seconds: float
-    losses: list[float]  # mean loss per epoch
+    losses: list[float]  # mean loss per epoch (word2vec: over every 8th batch, a sample)
 
     @property
     def words_per_second(self) -> float:
@@ -95,20 +95,27 @@ def _context_spans(sentence, window: int, generator, reduced: bool) -> tuple[tor
     """(first, last) positions of each token's context: within its sentence and within its
     reach, which word2vec's dynamic window draws from 1..window for every centre."""
     n = len(sentence)
-    positions = torch.arange(n)
-    reach = torch.randint(1, window + 1, (n,), generator=generator) if reduced else window
+    positions = torch.arange(n, dtype=torch.int32)  # int32 throughout: half the memory traffic
+    reach = (
+        torch.randint(1, window + 1, (n,), generator=generator, dtype=torch.int32)
+        if reduced
+        else window
+    )
     _, lengths = torch.unique_consecutive(sentence, return_counts=True)
+    lengths = lengths.int()
     ends = lengths.cumsum(0)
     first = torch.maximum(positions - reach, (ends - lengths).repeat_interleave(lengths))
     last = torch.minimum(positions + reach, ends.repeat_interleave(lengths) - 1)
     return first, last
 
 
-def _context_slots(centre, first, last, window: int) -> torch.Tensor:
-    """(n, 2 * window) positions of each centre's context words, in order and then -1."""
-    slots = first[:, None] + torch.arange(2 * window)
+def _context_slots(centre, first, last, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slots, unused): (n, 2 * window) positions of each centre's context words, in order,
+    and where a slot holds none. Unused slots repeat the last position, so all can be read."""
+    slots = first[:, None] + torch.arange(2 * window, dtype=first.dtype)
     slots += slots >= centre[:, None]  # step over the centre itself
-    return torch.where(slots <= last[:, None], slots, -1)
+    unused = slots > last[:, None]
+    return slots.clamp_(max=last[:, None]), unused
 
 
 def _noise_table(counts: torch.Tensor) -> torch.Tensor:
@@ -122,7 +129,7 @@ def _noise_table(counts: torch.Tensor) -> torch.Tensor:
 
 def _chunks(sentence: torch.Tensor, size: int) -> list[tuple[int, int]]:
     """[begin, end) token ranges of about `size` tokens, cut where a sentence starts, so that
-    an epoch's pairs are built and trained a piece at a time: memory stays flat."""
+    each piece is built and trained on its own: memory stays flat, and workers share the work."""
     cuts = [0]
     while cuts[-1] + size < len(sentence):
         at = int(torch.searchsorted(sentence, sentence[cuts[-1] + size]))
@@ -130,7 +137,7 @@ def _chunks(sentence: torch.Tensor, size: int) -> list[tuple[int, int]]:
     return list(zip(cuts, cuts[1:] + [len(sentence)], strict=True))
 
 
-_CHUNK_TOKENS = 1_000_000
+_PIECE = 100_000  # tokens: enough pieces that every worker always has one to train
 
 
 def _windows(ids, sentence, keep, window, generator) -> tuple[torch.Tensor, ...]:
@@ -146,12 +153,13 @@ def _windows(ids, sentence, keep, window, generator) -> tuple[torch.Tensor, ...]
     first, last = _context_spans(sentence, window, generator, reduced=True)
     sizes = last - first
     # index_select rather than fancy indexing throughout: 3x faster on these long vectors
-    order = torch.randperm(len(ids), generator=generator)
+    order = torch.randperm(len(ids), generator=generator, dtype=torch.int32)
     order = order.index_select(0, torch.argsort(sizes.index_select(0, order), stable=True))
     order = order[sizes.index_select(0, order) > 0]
-    slots = _context_slots(order, first.index_select(0, order), last.index_select(0, order), window)
-    words = ids.index_select(0, slots.clamp(min=0).flatten()).view(slots.shape)
-    contexts = words.masked_fill_(slots < 0, -1)
+    slots, unused = _context_slots(
+        order, first.index_select(0, order), last.index_select(0, order), window
+    )
+    contexts = ids.index_select(0, slots.flatten()).view(slots.shape).masked_fill_(unused, -1)
     return contexts, ids.index_select(0, order), sizes.index_select(0, order)
 
 
@@ -188,6 +196,7 @@ def train_word2vec(
     generator = torch.Generator().manual_seed(seed)
     vocab = Vocabulary.build(sentences, min_count)
     ids, sentence = vocab.encode(sentences)
+    ids = ids.int()  # word ids as int32, like the noise table: half the memory traffic
     counts = vocab.counts.double()
     total = counts.sum()
     keep = ((counts / (sample * total)).sqrt() + 1) * (sample * total) / counts if sample else None
@@ -199,86 +208,105 @@ def train_word2vec(
     batch_size = min(batch_size, V)
     w_in = (torch.rand(V, D, generator=generator) - 0.5) / D
     w_out = torch.zeros(V, D)
-    chunks = _chunks(sentence, _CHUNK_TOKENS)
-
-    def pieces():
-        """(epoch, (contexts, centres, negatives), batches) for each piece of each epoch, each
-        batch (first row, width, learning rate): similar windows, in random order, the
-        learning rate following the position in that order."""
-        for epoch in range(epochs):
-            for begin, end in chunks:
-                contexts, centres, sizes = _windows(
-                    ids[begin:end], sentence[begin:end], keep, window, generator
-                )
-                if not len(centres):
-                    continue
-                draws = torch.randint(len(noise), (len(centres) * negative,), generator=generator)
-                negatives = noise.index_select(0, draws).view(-1, negative)
-                starts = torch.arange(0, len(centres), batch_size)
-                starts = starts[torch.randperm(len(starts), generator=generator)]
-                widths = sizes[(starts + batch_size).clamp(max=len(centres)) - 1]
-                # the fraction of the whole run done when each batch starts
-                done = [
-                    (epoch + (begin + (end - begin) * i / len(starts)) / len(ids)) / epochs
-                    for i in range(len(starts))
-                ]
-                lrs = [alpha - (alpha - min_alpha) * fraction for fraction in done]
-                yield (
-                    epoch,
-                    (contexts, centres, negatives),
-                    list(zip(starts.tolist(), widths.tolist(), lrs, strict=True)),
-                )
-
-    scratch = [_Scratch(V, batch_size, 2 * window, 1 + negative, D) for _ in range(workers)]
-    totals = [[0.0, 0] for _ in range(epochs)]  # summed batch losses and batches, per epoch
+    corpus = _Corpus(ids, sentence, keep, noise, window, negative)
+    schedule = _Schedule(alpha, min_alpha, epochs, len(ids), batch_size)
+    pieces = [(epoch, *chunk) for epoch in range(epochs) for chunk in _chunks(sentence, _PIECE)]
+    # one seed a piece, drawn up front: the draws do not depend on which worker builds it
+    seeds = torch.randint(2**62, (len(pieces),), generator=generator).tolist()
+    scratch = queue.SimpleQueue()  # one set of buffers a worker
+    for _ in range(workers):
+        scratch.put(_Scratch(V, batch_size, 2 * window, 1 + negative, D))
+    train = functools.partial(
+        _train_piece, (w_in, w_out), corpus, schedule, method == "cbow", scratch, workers > 1
+    )
     threads = torch.get_num_threads()
-    if workers > 1:
-        torch.set_num_threads(1)  # the workers are the parallelism
-    submitted = []  # (epoch, future) of every job
     # The steps create no reference cycles, but their many short-lived tensors made the cyclic
     # collector re-scan the corpus's sentence lists: 7% of the time (measured). It is back on
     # when training ends.
     collecting = gc.isenabled()
     gc.disable()
-    with ThreadPoolExecutor(workers) as pool:
-        try:
-            for epoch, windows, batches in pieces():  # built while the last piece trains
-                futures.wait([future for _, future in submitted])  # then train this one
-                train = functools.partial(
-                    _train_batches, (w_in, w_out), windows, batch_size, method == "cbow",
-                    workers > 1,
-                )  # fmt: skip
-                submitted += [
-                    (epoch, pool.submit(train, (batches[worker::workers], scratch[worker])))
-                    for worker in range(workers)
-                ]
-        finally:
-            torch.set_num_threads(threads)
-            if collecting:
-                gc.enable()
-    for epoch, future in submitted:
-        loss, steps = future.result()
-        totals[epoch] = [totals[epoch][0] + loss, totals[epoch][1] + steps]
-    losses = [loss / max(steps, 1) for loss, steps in totals]
+    try:
+        with ThreadPoolExecutor(workers) as pool:  # each worker builds and trains whole pieces
+            results = list(pool.map(train, pieces, seeds))
+    finally:
+        torch.set_num_threads(threads)
+        if collecting:
+            gc.enable()
+    totals = [[0.0, 0] for _ in range(epochs)]  # summed sampled losses and their count
+    for (epoch, *_), (loss, sampled) in zip(pieces, results, strict=True):
+        totals[epoch] = [totals[epoch][0] + loss, totals[epoch][1] + sampled]
+    losses = [loss / max(sampled, 1) for loss, sampled in totals]
     words = sum(len(s) for s in sentences) * epochs
     return KeyedVectors(vocab.words, w_in), TrainStats(words, time.perf_counter() - start, losses)
 
 
-def _train_batches(tables, windows, batch_size, average, own_thread, job) -> tuple[float, int]:
-    """Run a job's batches ((first row, width, learning rate) each) of `windows` (contexts,
-    centres, negatives) with its scratch buffers; returns (summed mean loss, number of steps).
-    A worker thread runs its ops on one core."""
-    batches, scratch = job
+@dataclass
+class _Corpus:
+    """What a worker needs to build a piece's windows and negatives."""
+
+    ids: torch.Tensor  # int32 word ids of the whole corpus
+    sentence: torch.Tensor  # sentence number of each
+    keep: torch.Tensor | None  # subsampling's keep probability per word
+    noise: torch.Tensor  # the negative-sampling table
+    window: int
+    negative: int
+
+
+@dataclass
+class _Schedule:
+    """word2vec's learning rate, decaying linearly over the whole run, and the batch size."""
+
+    alpha: float
+    min_alpha: float
+    epochs: int
+    tokens: int  # corpus tokens an epoch
+    batch_size: int
+
+    def lr(self, epoch: int, token: float) -> float:
+        done = (epoch + token / self.tokens) / self.epochs
+        return self.alpha - (self.alpha - self.min_alpha) * done
+
+
+def _train_piece(
+    tables, corpus, schedule, average, scratch, own_thread, piece, seed
+) -> tuple[float, int]:
+    """Build one piece's windows and negatives and train on them, batch by batch: similar
+    windows together, batches in random order, the learning rate following that order. Returns
+    (summed sampled loss, number of batches sampled)."""
     if own_thread:
         torch.set_num_threads(1)  # the workers are the parallelism
-    loss = 0.0
-    contexts, centres, negatives = windows
-    for row, width, lr in batches:
-        rows = slice(row, row + batch_size)
-        loss += _negative_sampling_step(
-            *tables, contexts[rows, :width], centres[rows], negatives[rows], lr, scratch, average
-        )
-    return loss, len(batches)
+    epoch, begin, end = piece
+    generator = torch.Generator().manual_seed(seed)
+    contexts, centres, sizes = _windows(
+        corpus.ids[begin:end], corpus.sentence[begin:end], corpus.keep, corpus.window, generator
+    )
+    if not len(centres):
+        return 0.0, 0
+    draws = torch.randint(len(corpus.noise), (len(centres) * corpus.negative,), generator=generator)
+    negatives = corpus.noise.index_select(0, draws).view(-1, corpus.negative)
+    size = schedule.batch_size
+    starts = torch.arange(0, len(centres), size)
+    starts = starts[torch.randperm(len(starts), generator=generator)]
+    widths = sizes[(starts + size).clamp(max=len(centres)) - 1]
+    buffers = scratch.get()
+    loss, sampled = 0.0, 0
+    try:
+        for step, (row, width) in enumerate(zip(starts.tolist(), widths.tolist(), strict=True)):
+            lr = schedule.lr(epoch, begin + (end - begin) * step / len(starts))
+            rows = slice(row, row + size)
+            with_loss = step % _LOSS_EVERY == 0
+            batch_loss = _negative_sampling_step(
+                *tables, contexts[rows, :width], centres[rows], negatives[rows], lr, buffers,
+                average, with_loss,
+            )  # fmt: skip
+            if with_loss:
+                loss, sampled = loss + batch_loss, sampled + 1
+    finally:
+        scratch.put(buffers)
+    return loss, sampled
+
+
+_LOSS_EVERY = 8  # the reported loss is a sample; computing it on every batch cost ~5% of a step
 
 
 class _Scratch:
@@ -299,9 +327,10 @@ class _Scratch:
 
 
 def _negative_sampling_step(
-    w_in, w_out, contexts, centres, negatives, lr, scratch, average: bool
-) -> float:
-    """One SGD step of word2vec's objective on B windows; returns the mean loss per prediction.
+    w_in, w_out, contexts, centres, negatives, lr, scratch, average: bool, with_loss: bool = True
+) -> float | None:
+    """One SGD step of word2vec's objective on B windows; returns the mean loss per prediction
+    (None unless `with_loss`).
 
     contexts (B, C): each window's context words, -1 padded; centres (B,); negatives (B, K).
     Skip-gram (average=False) predicts the centre from each context word's vector (gensim's
@@ -312,45 +341,63 @@ def _negative_sampling_step(
     adds exact zeros to it."""
     (B, C), D, outputs = contexts.shape, w_in.shape[1], 1 + negatives.shape[1]
     valid = contexts >= 0
-    words = contexts.clamp(min=0).flatten()
-    rows = torch.index_select(w_in, 0, words, out=scratch.take("rows", B * C, D)).view(B, C, D)
     if average:  # CBOW: one hidden vector per window, the mean of its context vectors
-        share = valid.to(rows.dtype) / valid.sum(dim=1, keepdim=True)
-        hidden, mask = torch.bmm(share[:, None, :], rows), 1.0
-    else:  # skip-gram: each context vector on its own
-        hidden, mask = rows, valid[..., None]
+        rows, slots = valid.nonzero(as_tuple=True)
+        words, counted = contexts[rows, slots].long(), None
+        share = (1.0 / valid.sum(dim=1)).to(w_in.dtype)[rows]
+        hidden = _scatter_add(scratch.take("rows", B, D).zero_(), rows, words, share, w_in)
+        hidden, mask = hidden.view(B, 1, D), 1.0
+    else:  # skip-gram: each context vector on its own; padding reads row 0, adds zeros to it
+        words, counted = contexts.clamp(min=0).flatten(), valid.flatten().int()
+        hidden = torch.index_select(w_in, 0, words, out=scratch.take("rows", B * C, D))
+        hidden, mask = hidden.view(B, C, D), valid[..., None]
     targets = torch.cat([centres[:, None], negatives], dim=1).flatten()  # (B * (1 + K),)
     out_vectors = scratch.take("out_vectors", B * outputs, D)
     out_vectors = torch.index_select(w_out, 0, targets, out=out_vectors).view(B, outputs, D)
     logits = torch.bmm(hidden, out_vectors.transpose(1, 2))  # (B, 1 or C, 1 + K)
-    labels = torch.zeros_like(logits)
-    labels[..., 0] = 1
-    gradient = (labels - torch.sigmoid(logits)) * (lr * mask)  # ascent on the log-likelihood
+    # ascent on the log-likelihood: (label - sigmoid(logit)) * lr, label 1 for the centre only
+    gradient = torch.sigmoid(logits).neg_()
+    gradient[..., 0] += 1
+    gradient *= lr * mask
     # outer products (CBOW's H = 1) are faster as broadcast multiplies than as matrix products
     product = torch.mul if average else torch.bmm
     out_error = product(
         gradient.transpose(1, 2), hidden, out=scratch.take("out_error", B, outputs, D)
     )
+    w_out.index_add_(0, targets, out_error.view(-1, D))
     # An input row hit more than _MAX_HITS times in one batch gets their sum scaled down to that
     # many. Sequential SGD would apply such updates one after another, each seeing the last;
     # summed at once, hundreds of them overshoot (CBOW, whose every row updates all its context
     # words, diverged on a small vocabulary), while the few hits of an ordinary word add up
     # exactly as in word2vec. Output vectors keep plain sums: capping the frequent negatives'
     # updates made skip-gram's neighbours visibly worse.
-    hits = scratch.hits.zero_().index_add_(0, words, valid.flatten().int())
-    scale = (_MAX_HITS / hits[words].clamp(min=_MAX_HITS)).view(B, C, 1).to(rows.dtype)
-    in_error = scratch.take("in_error", B, C, D)
-    if average:
-        torch.mul(valid[..., None] * scale, torch.bmm(gradient, out_vectors), out=in_error)
+    hits = scratch.hits.zero_()
+    hits.index_add_(0, words, torch.ones_like(words, dtype=torch.int32) if average else counted)
+    scale = (_MAX_HITS / hits[words].clamp(min=_MAX_HITS)).to(w_in.dtype)
+    if average:  # every context word gets the window's whole error, as in word2vec
+        _scatter_add(w_in, words, rows, scale, torch.bmm(gradient, out_vectors).view(B, D))
     else:
-        torch.bmm(gradient * scale, out_vectors, out=in_error)
-    w_out.index_add_(0, targets, out_error.view(-1, D))
-    w_in.index_add_(0, words, in_error.view(-1, D))
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return float((loss * mask).sum()) / (B if average else int(valid.sum()))
+        in_error = scratch.take("in_error", B, C, D)
+        torch.bmm(gradient * scale.view(B, C, 1), out_vectors, out=in_error)
+        w_in.index_add_(0, words, in_error.view(-1, D))
+    if not with_loss:
+        return None
+    # -log sigmoid(centre) - sum log sigmoid(-negative) = sum softplus(logits) - centre's logit
+    loss = (torch.nn.functional.softplus(logits) * mask).sum() - (logits[..., :1] * mask).sum()
+    return float(loss) / (B if average else int(valid.sum()))
 
 
 _MAX_HITS = 8.0
+
+
+def _scatter_add(table, rows, cols, values, source) -> torch.Tensor:
+    """table[rows[i]] += values[i] * source[cols[i]] for every i, duplicates summed: a sparse
+    (rows x cols) matrix times `source`, which torch runs in place as one loop of vector adds,
+    without materialising the (n, D) updates (CBOW's mean and error: 12% faster a step)."""
+    matrix = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, (table.shape[0], source.shape[0]), check_invariants=False
+    )
+    return table.addmm_(matrix, source)
 
 
 def train_glove(
@@ -374,8 +421,8 @@ def train_glove(
     ids, sentence = vocab.encode(sentences)
     V, D = len(vocab.words), vector_size
     first, last = _context_spans(sentence, window, generator, reduced=False)
-    slots = _context_slots(torch.arange(len(ids)), first, last, window)
-    centre, slot = (slots >= 0).nonzero(as_tuple=True)
+    slots, unused = _context_slots(torch.arange(len(ids)), first, last, window)
+    centre, slot = (~unused).nonzero(as_tuple=True)
     other = slots[centre, slot]
     distance = (other - centre).abs().double()
     keys, inverse = torch.unique(ids[centre] * V + ids[other], return_inverse=True)
