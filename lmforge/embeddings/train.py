@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import gc
 import math
 import queue
 import re
@@ -220,18 +219,11 @@ def train_word2vec(
         _train_piece, (w_in, w_out), corpus, schedule, method == "cbow", scratch, workers > 1
     )
     threads = torch.get_num_threads()
-    # The steps create no reference cycles, but their many short-lived tensors made the cyclic
-    # collector re-scan the corpus's sentence lists: 7% of the time (measured). It is back on
-    # when training ends.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         with ThreadPoolExecutor(workers) as pool:  # each worker builds and trains whole pieces
             results = list(pool.map(train, pieces, seeds))
     finally:
-        torch.set_num_threads(threads)
-        if collecting:
-            gc.enable()
+        torch.set_num_threads(threads)  # a worker's setting is the process's
     totals = [[0.0, 0] for _ in range(epochs)]  # summed sampled losses and their count
     for (epoch, *_), (loss, sampled) in zip(pieces, results, strict=True):
         totals[epoch] = [totals[epoch][0] + loss, totals[epoch][1] + sampled]
@@ -306,7 +298,7 @@ def _train_piece(
     return loss, sampled
 
 
-_LOSS_EVERY = 8  # the reported loss is a sample; computing it on every batch cost ~5% of a step
+_LOSS_EVERY = 8  # the reported loss is a sample: on every batch it cost 5-10% of a step
 
 
 class _Scratch:
