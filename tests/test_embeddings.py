@@ -3,6 +3,7 @@ finds planted structure, clear errors."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -264,6 +265,9 @@ def test_bad_input_errors(tmp_path):
         train_word2vec([["a"]], method="fasttext", min_count=1)
     with pytest.raises(ConfigError, match="workers=0; expected an integer >= 1"):
         train_word2vec([["a", "b"]], min_count=1, workers=0)
+    with pytest.warns(UserWarning, match="word2vec trained on nothing"):
+        _, stats = train_word2vec([["a"], ["b"]] * 5, min_count=1)  # no word has a context
+    assert all(math.isnan(loss) for loss in stats.losses)
 
 
 def test_embed_cli(tmp_path, capsys):

@@ -17,6 +17,7 @@ import math
 import queue
 import re
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Vocabulary:
 class TrainStats:
     words: int  # corpus words (before min_count and subsampling) times epochs
     seconds: float
-    losses: list[float]  # mean loss per epoch (word2vec: over every 8th batch, a sample)
+    losses: list[float]  # mean loss per epoch (word2vec: every 8th batch; NaN: none ran)
 
     @property
     def words_per_second(self) -> float:
@@ -227,7 +228,14 @@ def train_word2vec(
     totals = [[0.0, 0] for _ in range(epochs)]  # summed sampled losses and their count
     for (epoch, *_), (loss, sampled) in zip(pieces, results, strict=True):
         totals[epoch] = [totals[epoch][0] + loss, totals[epoch][1] + sampled]
-    losses = [loss / max(sampled, 1) for loss, sampled in totals]
+    losses = [loss / sampled if sampled else math.nan for loss, sampled in totals]
+    if all(sampled == 0 for _, sampled in totals):
+        warnings.warn(
+            "word2vec trained on nothing: no centre word kept a context word (subsampling "
+            f"with sample={sample} dropped them, or every sentence has one word); lower sample "
+            "or add text",
+            stacklevel=2,
+        )
     words = sum(len(s) for s in sentences) * epochs
     return KeyedVectors(vocab.words, w_in), TrainStats(words, time.perf_counter() - start, losses)
 
