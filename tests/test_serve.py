@@ -349,3 +349,40 @@ def test_trained_recurrent_and_cache_free_models_serve_with_batching(arch, tmp_p
         assert text == lm.generate(prompt, max_new_tokens=tokens).text
     assert load["row_steps"] > load["steps"]
     assert info
+
+
+def test_timeline_drops_slots_no_running_row_needs(fast_lm):
+    """Every decode step attends over the whole shared timeline, so finished rows' slots must not
+    pile up: the timeline shifts left once its dead head is over half of it, and empties with the
+    batch. A shifted row's next logits still equal the model run on its history alone."""
+    import torch
+
+    from lmforge.serve.rows import KVRows
+
+    model = fast_lm.model
+    rows = KVRows(model, max_batch=2, cache_len=256)
+    prompt = fast_lm.encode("Once upon a time")
+    histories = {0: list(prompt)}
+    with torch.inference_mode():
+        rows.prefill(0, prompt)
+        for _ in range(20):
+            histories[0].append(11)
+            rows.step(histories, 0)
+        rows.prefill(1, prompt)  # joins at the current slot, 20 slots after row 0's start
+        histories[1] = list(prompt)
+        for _ in range(5):
+            for history in histories.values():
+                history.append(11)
+            rows.step(histories, 0)
+        before = rows.cache.length
+        rows.free(0)
+        del histories[0]
+        assert rows.cache.length == before - 20 and rows.starts == {1: 0}
+        histories[1].append(11)
+        logits = rows.step(histories, 0)[1]
+        alone, _ = model(
+            torch.tensor([histories[1]]), model.new_cache(1, len(histories[1])), last_only=True
+        )
+        torch.testing.assert_close(logits, alone[0, -1], atol=1e-4, rtol=1e-4)
+        rows.free(1)
+    assert rows.cache.length == 0

@@ -17,7 +17,8 @@ import torch
 
 class KVRows:
     """Rows of one KV cache sharing a timeline: a new prompt is prefilled alone and copied so it
-    ends at the current slot; the timeline shifts right for a longer prompt, left at the end."""
+    ends at the current slot; the timeline shifts right for a longer prompt, and left when it
+    reaches the cache's end or when the slots no running row needs are over half of it."""
 
     def __init__(self, model, max_batch: int, cache_len: int):
         self.model = model
@@ -48,6 +49,12 @@ class KVRows:
     def free(self, index: int) -> None:
         self.cache.valid[index] = False
         self.starts.pop(index, None)
+        # Every step attends over the whole timeline, so drop the slots no running row needs
+        # once they are over half of it: each move copies less than half the timeline, and
+        # the span stays under twice the oldest running row's.
+        first = min(self.starts.values(), default=self.cache.length)
+        if first * 2 > self.cache.length:
+            self._shift(-first)
 
     def _shift(self, offset: int) -> None:
         """Move the timeline `offset` slots right (> 0) or left (< 0), keeping every row."""
