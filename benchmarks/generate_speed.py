@@ -9,7 +9,7 @@ llama.cpp is llama-cpp-python in its own venv (`make bench` builds it once; the 
 cached): pass its interpreter with --llamacpp-python, or leave it out with --peers.
 
     .venv/bin/python benchmarks/generate_speed.py [--runs 5] [--threads 2]
-        [--peers lmforge:int4,lmforge:none,transformers,llamacpp]
+        [--peers lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ LABELS = {
     "lmforge:bf16": "lmforge bf16",
     "lmforge:int8": "lmforge int8",
     "lmforge:int4": "lmforge int4",
+    "lmforge:int4+compile": "lmforge int4 compiled",
     "transformers": "transformers fp32",
     "llamacpp": "llama.cpp (GGUF as is)",
 }
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--start-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--peers", default="lmforge:int4,lmforge:none,transformers,llamacpp")
+    parser.add_argument(
+        "--peers", default="lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp"
+    )
     parser.add_argument("--llamacpp-python", default=".venv-llamacpp/bin/python")
     args = parser.parse_args()
 

@@ -135,13 +135,13 @@ def start_and_peak_rss(argv: list[str], env: dict | None = None) -> tuple[float,
     return first, peak_kb / 1024
 
 
-def lmforge_start_argv(model: str, quantize: str, threads: int) -> list[str]:
+def lmforge_start_argv(model: str, quantize: str, threads: int, compile: bool = False) -> list[str]:
     """A fresh Python process that loads `model`, streams 128 tokens and marks the first."""
     code = (
         "import sys, torch; "
         f"torch.set_num_threads({threads}); "
         "import lmforge; "
-        f"lm = lmforge.load({model!r}, quantize={quantize!r}); "
+        f"lm = lmforge.load({model!r}, quantize={quantize!r}, compile={compile!r}); "
         f"events = lm.stream({BENCH_TEXT!r}, max_new_tokens={NEW_TOKENS}, ignore_eos=True); "
         "next(events); "
         f"print({FIRST_TOKEN_MARK!r}, flush=True); "
@@ -151,13 +151,15 @@ def lmforge_start_argv(model: str, quantize: str, threads: int) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def run_bench(model: str, quantize: str, runs: int, threads: int) -> dict:
-    """Everything `lmforge bench` prints, as a dict (also what --json gives)."""
+def run_bench(model: str, quantize: str, runs: int, threads: int, compile: bool = False) -> dict:
+    """Everything `lmforge bench` prints, as a dict (also what --json gives). With `compile`,
+    the first timed call of each batch size compiles (or loads it from the disk cache): it is
+    the warm-up, and the start-up time includes it."""
     import lmforge
 
     torch.set_num_threads(threads)
-    start, rss = start_and_peak_rss(lmforge_start_argv(model, quantize, threads))
-    lm = lmforge.load(model, quantize=quantize)
+    start, rss = start_and_peak_rss(lmforge_start_argv(model, quantize, threads, compile))
+    lm = lmforge.load(model, quantize=quantize, compile=compile)
     results: dict = measure_lm(lm, runs)
     weight_bytes = decode_weight_bytes(lm.model)
     decode = results["decode tok/s, batch 1"]

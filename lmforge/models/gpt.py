@@ -94,16 +94,18 @@ class KVCache:
     def __init__(
         self, config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype, device
     ):
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        # One tensor per layer rather than one stacked tensor: a compiled decode step then
+        # writes each layer's slot in place (a view of a stacked input would be copied whole).
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.length = 0
         self.has_padding = False
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def reserve(self, n_tokens: int, mask: torch.Tensor | None) -> int:
         """Claim the next `n_tokens` slots (marking padding from `mask`); return the first slot."""
@@ -122,7 +124,8 @@ class KVCache:
         """A cache over rows [0, n) sharing this one's memory (writes land here too); a
         server runs only its busy rows through the model."""
         view = object.__new__(KVCache)
-        view.k, view.v, view.valid = self.k[:, :n], self.v[:, :n], self.valid[:n]
+        view.k, view.v = [t[:n] for t in self.k], [t[:n] for t in self.v]
+        view.valid = self.valid[:n]
         view.length, view.has_padding = self.length, self.has_padding
         return view
 
@@ -135,14 +138,14 @@ class KVCache:
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Write this step's keys/values for one layer; return all keys/values so far."""
         end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep/duplicate batch rows (beam search picks which beams continue)."""
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
+        self.k = [t[rows] for t in self.k]
+        self.v = [t[rows] for t in self.v]
         self.valid = self.valid[rows]
 
 
@@ -208,6 +211,8 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, start, k, v)
         if trace is not None:
             return self.out(self._eager(q, k, v, trace).transpose(1, 2).reshape(batch, seq, q_size))
+        if seq == 1 and torch.compiler.is_compiling():
+            return self.out(self._one_query(q, k, v, attn_mask))
         if seq == 1 and q.dtype != torch.float32:
             # One new token sees every key, so the query heads sharing a kv head can be treated
             # as that head's rows: one small attention per kv head. PyTorch's reduced-precision
@@ -226,6 +231,19 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_head != self.n_head,
         )
         return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
+
+    def _one_query(self, q, k, v, attn_mask) -> torch.Tensor:
+        """One new token's attention as products and sums, which inductor fuses into a few
+        loops (0.9 ms a step less than calling SDPA's kernel 30 times, on SmolLM2-135M):
+        softmax(q k^T / sqrt(d)) v in float32, each kv head serving its group of query heads."""
+        batch, group = q.shape[0], self.n_head // self.n_kv_head
+        q = q.reshape(batch, self.n_kv_head, group, 1, self.head_dim).float()
+        scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(self.head_dim)
+        if attn_mask is not None:  # (batch, 1, 1, keys), True where a key may be seen
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        weights = scores.softmax(dim=-1)  # (batch, kv heads, group, keys)
+        y = (weights[..., None] * v[:, :, None].float()).sum(-2)
+        return y.to(v.dtype).reshape(batch, 1, self.n_head * self.head_dim)
 
     def _eager(self, q, k, v, trace: Trace) -> torch.Tensor:
         """Attention written out (softmax(q k^T / sqrt(d)) v, causal) so its weights can be
@@ -327,6 +345,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         if config.position == "rope":
             self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+        self.compiled_decoder = None  # set by compile_decode()
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
@@ -347,6 +366,10 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}"
             )
+        if self.compiled_decoder is not None:
+            # Each cache length is its own compiled graph: round up to a power of two so a few
+            # graphs serve every request (attention reads only the filled slots either way).
+            max_len = min(max(256, 1 << (max_len - 1).bit_length()), self.config.max_seq_len)
         return KVCache(self.config, batch_size, max_len, self.dtype, self.norm.weight.device)
 
     @property
@@ -377,16 +400,17 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.reserve(seq, mask)
         if positions is None:
             positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
-        x = self.embed(input_ids)
         if self.pos_embed is not None:  # learned positions stop at the context length
             last = int(positions.max())
             if last >= self.config.max_seq_len:
                 raise ConfigError(
                     f"position {last} is beyond the context length {self.config.max_seq_len}"
                 )
-            x = x + self.pos_embed(positions)
-        x = self.drop(x)
-        rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
+        if self.compiled_decoder is not None and seq == 1 and cache is not None and trace is None:
+            logits = self.compiled_decoder(input_ids, positions, cache, start)
+            if logits is not None:
+                return logits, cache
+        x, rope = self.embed_tokens(input_ids, positions)
         attn_mask = self._attention_mask(cache, start, seq, mask)
         for block in self.blocks:
             x = block(x, rope, cache, start, attn_mask, trace)
@@ -395,6 +419,25 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)), cache
+
+    def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor):
+        """The first residual stream (token plus learned position embeddings, dropout) and the
+        RoPE (cos, sin) for `positions`, or None for learned positions."""
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        x = self.drop(x)
+        rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
+        return x, rope
+
+    def compile_decode(self) -> None:
+        """Run single-token decode steps through a `torch.compile`d graph (see
+        `lmforge.models.compiled`): several times fewer CPU cycles a step on small models, after
+        a one-off compile (about a minute; seconds once it is in the on-disk cache). The weights
+        are frozen into the graph, so compile after loading, quantising or fine-tuning."""
+        from lmforge.models.compiled import CompiledDecoder
+
+        self.compiled_decoder = CompiledDecoder(self)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions[..., None].float() * self.inv_freq  # (batch, seq, head_dim / 2)

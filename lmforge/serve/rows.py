@@ -38,8 +38,8 @@ class KVRows:
         if length > cache.length:
             self._shift(length - cache.length)
         end = cache.length
-        cache.k[:, index, :, end - length : end] = alone.k[:, 0]
-        cache.v[:, index, :, end - length : end] = alone.v[:, 0]
+        for mine, theirs in zip(cache.k + cache.v, alone.k + alone.v, strict=True):
+            mine[index, :, end - length : end] = theirs[0]
         cache.valid[index] = False
         cache.valid[index, end - length : end] = True
         cache.has_padding = True
@@ -61,14 +61,14 @@ class KVRows:
         cache, length = self.cache, self.cache.length
         self.shifts += 1
         if offset > 0:
-            for t in (cache.k, cache.v):
-                t[:, :, :, offset : offset + length] = t[:, :, :, :length].clone()
+            for t in cache.k + cache.v:
+                t[:, :, offset : offset + length] = t[:, :, :length].clone()
             cache.valid[:, offset : offset + length] = cache.valid[:, :length].clone()
             cache.valid[:, :offset] = False
         else:
             keep = length + offset
-            for t in (cache.k, cache.v):
-                t[:, :, :, :keep] = t[:, :, :, -offset:length].clone()
+            for t in cache.k + cache.v:
+                t[:, :, :keep] = t[:, :, -offset:length].clone()
             cache.valid[:, :keep] = cache.valid[:, -offset:length].clone()
         cache.valid[:, length + offset :] = False
         cache.length = length + offset

@@ -1,0 +1,110 @@
+"""A GPT's one-token decode step compiled with `torch.compile` (inductor), for fast generation.
+
+Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny ops (norms,
+RoPE, residual adds); inductor fuses them into a few dozen C++ loops. What makes that pay on a
+CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled 7.9-8.5 ms):
+- the weights are frozen into the graph as constants (`freezing`), so Dynamo does not guard
+  and pass ~300 parameter tensors on every call (0.8 ms a step);
+- a C++ wrapper calls the kernels (`cpp_wrapper`), with no Python between them, and no
+  per-buffer size asserts;
+- every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
+  attention reads a prefix whose length is a dynamic dimension: one graph serves every position;
+- once a shape has been compiled, its calls skip Dynamo's guard evaluation.
+
+The compiled artefacts go to inductor's on-disk cache, so the next process reuses them (about
+10 s to re-trace instead of about 50 s to compile). The weights are frozen: a compiled decoder
+serves the weights it was compiled with.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lmforge.models.gpt import GPT, KVCache
+
+# torch.compile's inductor options for the decode step (see the module docstring).
+INDUCTOR_OPTIONS = {
+    "freezing": True,
+    "cpp_wrapper": True,
+    "size_asserts": False,
+    "alignment_asserts": False,
+}
+
+
+class _SlotCache:
+    """The KV cache as the compiled step sees it: this step's keys/values go to `slot` (a
+    one-element tensor, so the position is data, not a constant baked into the graph) and
+    attention reads the first `n_keys` slots (a dynamic dimension)."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor], slot, n_keys):
+        self.k, self.v, self.slot, self.n_keys = k, v, slot, n_keys
+
+    def update(self, layer: int, start, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer].index_copy_(2, self.slot, k)
+        self.v[layer].index_copy_(2, self.slot, v)
+        return self.k[layer][:, :, : self.n_keys], self.v[layer][:, :, : self.n_keys]
+
+
+class CompiledDecoder:
+    """Runs `model`'s single-token steps through one compiled graph per input layout."""
+
+    def __init__(self, model: GPT):
+        _use_lmforge_cache_dir()
+        self.model = model
+        self._compiled = torch.compile(self._step, fullgraph=True, options=INDUCTOR_OPTIONS)
+        self.compiled_layouts: set[tuple] = set()  # input layouts compiled so far
+
+    def _step(self, tokens, positions, slot, valid, k, v, padded: bool) -> torch.Tensor:
+        model = self.model
+        cache = _SlotCache(k, v, slot, valid.shape[1])
+        x, rope = model.embed_tokens(tokens, positions)
+        attn_mask = valid[:, None, None, :] if padded else None
+        for block in model.blocks:
+            x = block(x, rope, cache, None, attn_mask)
+        return model.lm_head(model.norm(x))
+
+    def __call__(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int
+    ) -> torch.Tensor | None:
+        """Logits (batch, 1, vocab) for one token per row written at slot `start`, or None
+        where the eager path must run (the cache's first or last slot, which would make the
+        key count a constant of the graph)."""
+        n_keys = start + 1
+        if not 2 <= n_keys < cache.max_len:
+            return None
+        tokens, positions = tokens.contiguous(), positions.contiguous()
+        valid = cache.valid[:, :n_keys]
+        torch._dynamo.mark_dynamic(valid, 1, min=2, max=cache.max_len - 1)
+        slot = torch.tensor([start], device=tokens.device)
+        padded = cache.has_padding
+        args = (tokens, positions, slot, valid, cache.k, cache.v, padded)
+        layout = (
+            tuple(tokens.shape),
+            tuple(positions.shape),
+            tuple(cache.k[0].shape),
+            cache.k[0].stride(),
+            cache.k[0].dtype,
+            tokens.device,
+            padded,
+        )
+        if (
+            layout not in self.compiled_layouts
+        ):  # compile (or fetch from the disk cache) this layout
+            logits = self._compiled(*args)
+            self.compiled_layouts.add(layout)
+            return logits
+        # Only this layout's inputs reach here, so Dynamo's guards would only repeat the check.
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return self._compiled(*args)
+
+
+def _use_lmforge_cache_dir() -> None:
+    """Keep inductor's compiled artefacts beside lmforge's other caches (not in /tmp, which is
+    cleared on reboot), unless the user chose a directory."""
+    from lmforge.checkpoints.cache import cache_root
+
+    root = cache_root()
+    if root is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")

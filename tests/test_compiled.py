@@ -1,0 +1,41 @@
+"""`compile=True`: decode steps through torch.compile give eager decoding's tokens and logits."""
+
+import pytest
+import torch
+
+import lmforge
+from lmforge.errors import ConfigError
+
+
+def _steps(lm, prompts, n=12):
+    return lm.generate(prompts, max_new_tokens=n, ignore_eos=True)
+
+
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
+    directory, _ = tiny_llama_dir
+    eager = lmforge.load(directory, quantize=quantize)
+    compiled = lmforge.load(directory, quantize=quantize, compile=True)
+    # One prompt, then a batch left-padded to its longest prompt (the masked graph).
+    cases = [["The cat sat on"]] + (
+        [["Hello", "a much longer prompt than that"]] if quantize == "none" else []
+    )
+    for prompts in cases:
+        want, got = _steps(eager, prompts), _steps(compiled, prompts)
+        for w, g in zip(want, got, strict=True):
+            assert g.token_ids == w.token_ids
+            # Inductor fuses and reorders float sums: equal up to rounding (of bf16 for int4).
+            atol, rtol = (1e-4, 0) if quantize == "none" else (0.02, 0.03)
+            torch.testing.assert_close(
+                torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=atol, rtol=rtol
+            )
+    decoder = compiled.model.compiled_decoder
+    assert len(decoder.compiled_layouts) == len(cases)  # the compiled graphs did the decoding
+
+
+def test_compile_needs_a_gpt():
+    from lmforge.api import _compile_decode
+    from lmforge.models.rnn import RNNLM, RNNConfig
+
+    with pytest.raises(ConfigError, match="compile=True compiles a GPT's decode step; RNNLM"):
+        _compile_decode(RNNLM(RNNConfig(vocab_size=16, n_embd=8, hidden_size=8)))
