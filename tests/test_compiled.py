@@ -39,3 +39,28 @@ def test_compile_needs_a_gpt():
 
     with pytest.raises(ConfigError, match="compile=True compiles a GPT's decode step; RNNLM"):
         _compile_decode(RNNLM(RNNConfig(vocab_size=16, n_embd=8, hidden_size=8)))
+
+
+def test_compiled_step_with_padding_rows(tiny_llama_dir):
+    """A server steps rows whose new token is padding; they must not turn into NaNs (or
+    disturb the others): every row's logits equal eager's."""
+    directory, _ = tiny_llama_dir
+    models = [lmforge.load(directory).model, lmforge.load(directory, compile=True).model]
+    prompt = torch.tensor([[0, 11, 12, 13], [21, 22, 23, 24]])
+    prompt_mask = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    outputs = []
+    with torch.inference_mode():
+        for model in models:
+            cache = model.new_cache(2, 32)
+            model(prompt, cache, positions, prompt_mask, last_only=True)
+            steps = []
+            for i, row_mask in enumerate(([True, False], [False, True], [True, True])):
+                step_positions = positions[:, -1:] + 1 + i
+                mask = torch.tensor(row_mask)[:, None]
+                logits, _ = model(torch.tensor([[31], [32]]), cache, step_positions, mask)
+                steps.append(logits)
+            outputs.append(torch.cat(steps, dim=1))
+    assert torch.isfinite(outputs[1]).all()
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=0)
+    assert models[1].compiled_decoder.compiled_layouts  # the compiled graph ran

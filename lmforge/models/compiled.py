@@ -60,7 +60,11 @@ class CompiledDecoder:
         model = self.model
         cache = _SlotCache(k, v, slot, valid.shape[1])
         x, rope = model.embed_tokens(tokens, positions)
-        attn_mask = valid[:, None, None, :] if padded else None
+        attn_mask = None
+        if padded:  # a padding row's new token sees itself (no all-masked NaN rows), as in eager
+            n_keys = valid.shape[1]
+            seen = valid | (torch.arange(n_keys, device=valid.device) == n_keys - 1)
+            attn_mask = seen[:, None, None, :]
         for block in model.blocks:
             x = block(x, rope, cache, None, attn_mask)
         return model.lm_head(model.norm(x))
