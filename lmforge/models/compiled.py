@@ -93,9 +93,7 @@ class CompiledDecoder:
             tokens.device,
             padded,
         )
-        if (
-            layout not in self.compiled_layouts
-        ):  # compile (or fetch from the disk cache) this layout
+        if layout not in self.compiled_layouts:  # compile it (or fetch it from the disk cache)
             logits = self._compiled(*args)
             self.compiled_layouts.add(layout)
             return logits
