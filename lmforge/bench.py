@@ -153,8 +153,8 @@ def lmforge_start_argv(model: str, quantize: str, threads: int, compile: bool = 
 
 def run_bench(model: str, quantize: str, runs: int, threads: int, compile: bool = False) -> dict:
     """Everything `lmforge bench` prints, as a dict (also what --json gives). With `compile`,
-    the first timed call of each batch size compiles (or loads it from the disk cache): it is
-    the warm-up, and the start-up time includes it."""
+    each batch size compiles (or loads from the disk cache) in its untimed warm-up call; the
+    first token comes from the eager prefill, before the compile, so start-up does not show it."""
     import lmforge
 
     torch.set_num_threads(threads)

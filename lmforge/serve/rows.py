@@ -39,7 +39,7 @@ class KVRows:
             self._shift(length - cache.length)
         end = cache.length
         for mine, theirs in zip(cache.k + cache.v, alone.k + alone.v, strict=True):
-            mine[index, :, end - length : end] = theirs[0]
+            mine[index, :, end - length : end] = theirs[0, :, :length]
         cache.valid[index] = False
         cache.valid[index, end - length : end] = True
         cache.has_padding = True
