@@ -31,6 +31,25 @@ def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
             )
     decoder = compiled.model.compiled_decoder
     assert len(decoder.compiled_layouts) == len(cases)  # the compiled graphs did the decoding
+    assert all(decoder._direct.values())  # and later steps called them without Dynamo
+
+
+def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):
+    """A graph compiled under inference mode is not reused for a cache made outside it (its
+    tensors differ in kind): stepping one under no_grad compiles anew and matches eager."""
+    directory, _ = tiny_llama_dir
+    eager, compiled = lmforge.load(directory), lmforge.load(directory, compile=True)
+    compiled.generate("The cat", max_new_tokens=4, ignore_eos=True)  # under inference mode
+    prompt = torch.tensor([[11, 12, 13]])
+    outputs = []
+    with torch.no_grad():
+        for model in (eager.model, compiled.model):
+            cache = model.new_cache(1, 32)
+            logits, _ = model(prompt, cache)
+            steps = [model(torch.tensor([[t]]), cache)[0] for t in (14, 15, 16)]
+            outputs.append(torch.cat(steps, dim=1))
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=0)
+    assert len(compiled.model.compiled_decoder.compiled_layouts) == 2
 
 
 def test_compile_needs_a_gpt():

@@ -9,7 +9,10 @@ CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled 7.9-
   per-buffer size asserts;
 - every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
   attention reads a prefix whose length is a dynamic dimension: one graph serves every position;
-- once a shape has been compiled, its calls skip Dynamo's guard evaluation.
+- once an input layout has been compiled, its calls run the bytecode Dynamo generated for it
+  directly, as vLLM's compile wrapper does: entering a `torch.compile`d function costs ~0.8 ms
+  of frame-evaluation machinery on every call (6.7 vs 7.5 ms a step), which buys nothing once
+  the inputs are known to match the graph.
 
 The compiled artefacts go to inductor's on-disk cache, so the next process reuses them (about
 10 s to re-trace instead of about 50 s to compile). The weights are frozen: a compiled decoder
@@ -19,6 +22,8 @@ serves the weights it was compiled with.
 from __future__ import annotations
 
 import os
+import types
+from collections.abc import Callable
 
 import torch
 
@@ -55,6 +60,8 @@ class CompiledDecoder:
         self.model = model
         self._compiled = torch.compile(self._step, fullgraph=True, options=INDUCTOR_OPTIONS)
         self.compiled_layouts: set[tuple] = set()  # input layouts compiled so far
+        # Each layout's compiled bytecode, called without Dynamo (None: call through Dynamo).
+        self._direct: dict[tuple, Callable | None] = {}
 
     def _step(self, tokens, positions, slot, valid, k, v, padded: bool) -> torch.Tensor:
         model = self.model
@@ -90,16 +97,36 @@ class CompiledDecoder:
             tuple(cache.k[0].shape),
             cache.k[0].stride(),
             cache.k[0].dtype,
+            cache.k[0].is_inference(),
             tokens.device,
             padded,
+            torch.is_inference_mode_enabled(),
+            torch.is_grad_enabled(),
         )
+        direct = self._direct.get(layout)
+        if direct is not None:
+            return direct(self, *args)
         if layout not in self.compiled_layouts:  # compile it (or fetch it from the disk cache)
+            known = _compiled_codes()
             logits = self._compiled(*args)
             self.compiled_layouts.add(layout)
+            new = [code for code in _compiled_codes() if code not in known]
+            # The frame Dynamo built for this layout (a layout an earlier graph already served
+            # adds none, and keeps going through Dynamo, which picks that graph).
+            if len(new) == 1:
+                self._direct[layout] = types.FunctionType(new[0], self._step.__globals__)
             return logits
         # Only this layout's inputs reach here, so Dynamo's guards would only repeat the check.
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             return self._compiled(*args)
+
+
+def _compiled_codes() -> list[types.CodeType]:
+    """The bytecode Dynamo has generated for `CompiledDecoder._step`, one per compiled graph."""
+    entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(
+        CompiledDecoder._step.__code__
+    )
+    return [entry.code for entry in entries]
 
 
 def _use_lmforge_cache_dir() -> None:
