@@ -2,7 +2,7 @@
 
 Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny ops (norms,
 RoPE, residual adds); inductor fuses them into a few dozen C++ loops. What makes that pay on a
-CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled 7.9-8.5 ms):
+CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7.5 ms):
 - the weights are frozen into the graph as constants (`freezing`), so Dynamo does not guard
   and pass ~300 parameter tensors on every call (0.8 ms a step);
 - a C++ wrapper calls the kernels (`cpp_wrapper`), with no Python between them, and no
