@@ -58,7 +58,9 @@ class CompiledDecoder:
     def __init__(self, model: GPT):
         _use_lmforge_cache_dir()
         self.model = model
-        self._compiled = torch.compile(self._step, fullgraph=True, options=INDUCTOR_OPTIONS)
+        # Created at the first decode step: importing Dynamo and setting up torch.compile takes
+        # about a second, which would otherwise delay the first token (the eager prefill's).
+        self._compiled = None
         self.compiled_layouts: set[tuple] = set()  # input layouts compiled so far
         # Each layout's compiled bytecode, called without Dynamo (None: call through Dynamo).
         self._direct: dict[tuple, Callable | None] = {}
@@ -87,7 +89,6 @@ class CompiledDecoder:
             return None
         tokens, positions = tokens.contiguous(), positions.contiguous()
         valid = cache.valid[:, :n_keys]
-        torch._dynamo.mark_dynamic(valid, 1, min=2, max=cache.max_len - 1)
         slot = torch.tensor([start], device=tokens.device)
         padded = cache.has_padding
         args = (tokens, positions, slot, valid, cache.k, cache.v, padded)
@@ -106,7 +107,10 @@ class CompiledDecoder:
         direct = self._direct.get(layout)
         if direct is not None:
             return direct(self, *args)
+        torch._dynamo.mark_dynamic(valid, 1, min=2, max=cache.max_len - 1)
         if layout not in self.compiled_layouts:  # compile it (or fetch it from the disk cache)
+            if self._compiled is None:
+                self._compiled = torch.compile(self._step, fullgraph=True, options=INDUCTOR_OPTIONS)
             known = _compiled_codes()
             logits = self._compiled(*args)
             self.compiled_layouts.add(layout)
