@@ -126,11 +126,12 @@ class CompiledDecoder:
 
 
 def _compiled_codes() -> list[types.CodeType]:
-    """The bytecode Dynamo has generated for `CompiledDecoder._step`, one per compiled graph."""
-    entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(
-        CompiledDecoder._step.__code__
+    """The bytecode Dynamo has generated for `CompiledDecoder._step`, one per compiled graph
+    (none where this PyTorch lacks the private accessor: every step then goes through Dynamo)."""
+    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)
+    return (
+        [] if entries is None else [entry.code for entry in entries(CompiledDecoder._step.__code__)]
     )
-    return [entry.code for entry in entries]
 
 
 def _use_lmforge_cache_dir() -> None:
