@@ -31,7 +31,7 @@ def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
             )
     decoder = compiled.model.compiled_decoder
     assert len(decoder.compiled_layouts) == len(cases)  # the compiled graphs did the decoding
-    assert all(decoder._direct.values())  # and later steps called them without Dynamo
+    assert decoder._direct.keys() == decoder.compiled_layouts  # later steps skip Dynamo
 
 
 def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):

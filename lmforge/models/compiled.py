@@ -62,8 +62,9 @@ class CompiledDecoder:
         # about a second, which would otherwise delay the first token (the eager prefill's).
         self._compiled = None
         self.compiled_layouts: set[tuple] = set()  # input layouts compiled so far
-        # Each layout's compiled bytecode, called without Dynamo (None: call through Dynamo).
-        self._direct: dict[tuple, Callable | None] = {}
+        # Each layout's compiled bytecode, called without Dynamo (a layout missing here goes
+        # through Dynamo).
+        self._direct: dict[tuple, Callable] = {}
 
     def _step(self, tokens, positions, slot, valid, k, v, padded: bool) -> torch.Tensor:
         model = self.model
