@@ -5,10 +5,15 @@ greedy, the same thread count, in one run of this script: decode tokens/s at bat
 (128 new tokens), prefill tokens/s of a 512-token prompt, process start to first token and the
 peak RSS of that process. Prints median (min-max) and the ratios of the first peer to the others.
 
+The speed runs come in rounds: each round measures every peer in turn (`--runs` timings each),
+so a machine whose speed drifts during the run (a shared host does) slows every peer alike,
+and the batch-1 ratio is also printed round by round. Start-up and RSS are measured in the
+first round.
+
 llama.cpp is llama-cpp-python in its own venv (`make bench` builds it once; the build is
 cached): pass its interpreter with --llamacpp-python, or leave it out with --peers.
 
-    .venv/bin/python benchmarks/generate_speed.py [--runs 5] [--threads 2]
+    .venv/bin/python benchmarks/generate_speed.py [--rounds 3] [--runs 2] [--threads 2]
         [--peers lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp]
 """
 
@@ -33,9 +38,13 @@ LABELS = {
     "llamacpp": "llama.cpp (GGUF as is)",
 }
 LOWER_IS_BETTER = ("start to first token, s", "peak RSS, MiB")
+BATCH_1 = "decode tok/s, batch 1"
 
 
-def run_peer(python: str, peer: str, model: str, ids_file: str, args) -> dict[str, Stats]:
+def run_peer(
+    python: str, peer: str, model: str, ids_file: str, args, start_runs: int
+) -> dict[str, list[float]]:
+    """One round of one peer: every metric's measurements."""
     import subprocess
 
     common = ["--model", model, "--ids", ids_file, "--threads", str(args.threads)]
@@ -45,20 +54,21 @@ def run_peer(python: str, peer: str, model: str, ids_file: str, args) -> dict[st
         capture_output=True,
         text=True,
     )
-    results = {k: Stats.of(v) for k, v in json.loads(measured.stdout.splitlines()[-1]).items()}
-    starts, rss = [], []
-    for _ in range(args.start_runs):  # the measure run above already filled lmforge's cache
-        seconds, mib = start_and_peak_rss([python, str(HERE / "peer.py"), peer, "start", *common])
-        starts.append(seconds)
-        rss.append(mib)
-    results["start to first token, s"] = Stats.of(starts)
-    results["peak RSS, MiB"] = Stats.of(rss)
+    results = json.loads(measured.stdout.splitlines()[-1])
+    if start_runs:  # the measure run above already filled lmforge's cache
+        runs = [
+            start_and_peak_rss([python, str(HERE / "peer.py"), peer, "start", *common])
+            for _ in range(start_runs)
+        ]
+        results["start to first token, s"] = [seconds for seconds, _ in runs]
+        results["peak RSS, MiB"] = [mib for _, mib in runs]
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2, help="timings per peer per round")
     parser.add_argument("--start-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -76,20 +86,34 @@ def main() -> None:
     ids_file.write_text(json.dumps({"short": short, "long": long}))
 
     peers = args.peers.split(",")
-    table = {}
-    for peer in peers:
-        python = args.llamacpp_python if peer == "llamacpp" else sys.executable
+    pythons = {p: args.llamacpp_python if p == "llamacpp" else sys.executable for p in peers}
+    for peer, python in pythons.items():
         if not Path(python).exists():
             sys.exit(
                 f"{python} not found: run `make bench` (builds llama-cpp-python) or drop {peer}"
             )
-        print(f"measuring {LABELS.get(peer, peer)} ...", file=sys.stderr, flush=True)
-        table[peer] = run_peer(python, peer, model, str(ids_file), args)
+    samples: dict[str, dict[str, list[float]]] = {peer: {} for peer in peers}
+    rounds: list[dict[str, float]] = []  # each round's median batch-1 decode speed per peer
+    for round_index in range(args.rounds):
+        for peer in peers:
+            print(
+                f"round {round_index + 1}/{args.rounds}: {LABELS.get(peer, peer)} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            start_runs = args.start_runs if round_index == 0 else 0
+            for metric, values in run_peer(
+                pythons[peer], peer, model, str(ids_file), args, start_runs
+            ).items():
+                samples[peer].setdefault(metric, []).extend(values)
+        rounds.append({p: Stats.of(samples[p][BATCH_1][-args.runs :]).median for p in peers})
+    table = {p: {m: Stats.of(v) for m, v in samples[p].items()} for p in peers}
 
     first, others = peers[0], peers[1:]
     print(
         f"\nSmolLM2-135M ({Path(model).name}), greedy, {args.threads} threads, "
-        f"median (min-max) of {args.runs} runs ({args.start_runs} for start-up and RSS)\n"
+        f"median (min-max) of {args.rounds} rounds x {args.runs} runs "
+        f"({args.start_runs} for start-up and RSS)\n"
     )
     header = [LABELS.get(p, p) for p in peers] + [
         f"{LABELS.get(first, first)} / {LABELS.get(p, p)}" for p in others
@@ -101,6 +125,10 @@ def main() -> None:
         ratios = [f"{table[first][metric].median / table[p][metric].median:.2f}x" for p in others]
         print(f"| {metric} | " + " | ".join(cells + ratios) + " |")
     print(f"\n(lower is better for: {', '.join(LOWER_IS_BETTER)}; higher for every other row)")
+    for other in others:
+        per_round = ", ".join(f"{r[first] / r[other]:.2f}x" for r in rounds)
+        print(f"{BATCH_1} ratio {LABELS.get(first, first)} / {LABELS.get(other, other)}, "
+              f"round by round: {per_round}")  # fmt: skip
 
 
 if __name__ == "__main__":
