@@ -76,6 +76,9 @@ def main() -> None:
     )
     parser.add_argument("--llamacpp-python", default=".venv-llamacpp/bin/python")
     args = parser.parse_args()
+    for name in ("rounds", "runs", "start_runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected at least 1")
 
     import lmforge
     from lmforge.checkpoints import DEFAULT_MODEL, resolve
