@@ -98,6 +98,7 @@ def main() -> None:
     samples: dict[str, dict[str, list[float]]] = {peer: {} for peer in peers}
     rounds: list[dict[str, float]] = []  # each round's median batch-1 decode speed per peer
     for round_index in range(args.rounds):
+        rounds.append({})
         for peer in peers:
             print(
                 f"round {round_index + 1}/{args.rounds}: {LABELS.get(peer, peer)} ...",
@@ -105,11 +106,10 @@ def main() -> None:
                 flush=True,
             )
             start_runs = args.start_runs if round_index == 0 else 0
-            for metric, values in run_peer(
-                pythons[peer], peer, model, str(ids_file), args, start_runs
-            ).items():
+            measured = run_peer(pythons[peer], peer, model, str(ids_file), args, start_runs)
+            for metric, values in measured.items():
                 samples[peer].setdefault(metric, []).extend(values)
-        rounds.append({p: Stats.of(samples[p][BATCH_1][-args.runs :]).median for p in peers})
+            rounds[-1][peer] = Stats.of(measured[BATCH_1]).median
     table = {p: {m: Stats.of(v) for m, v in samples[p].items()} for p in peers}
 
     first, others = peers[0], peers[1:]
