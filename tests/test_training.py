@@ -318,3 +318,17 @@ def test_plateau_schedule_divides_the_learning_rate_when_validation_stalls(corpu
     recorded = [e["lr"] for e in result.evaluations]
     # the lr logged at an evaluation is the one its steps used: it changes one evaluation later
     assert recorded == pytest.approx([20.0, *expected[:-1]])
+
+
+def test_a_gpt_forward_compiles_into_one_graph_and_still_checks_its_context():
+    """`--compile` trains through one graph: nothing in the forward pass reads a tensor back to
+    Python (which would split the graph and sync every step)."""
+    from lmforge.models.presets import build_model
+
+    model = build_model("gpt", 67, 32, preset="nano")
+    explanation = torch._dynamo.explain(model)(torch.randint(67, (2, 32)))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    with pytest.raises(ConfigError, match="position 32 is beyond the context length 32"):
+        model(torch.randint(67, (1, 33)))
+    with pytest.raises(ConfigError, match="position 40 is beyond the context length 32"):
+        model(torch.randint(67, (1, 2)), positions=torch.tensor([[3, 40]]))

@@ -398,10 +398,13 @@ class GPT(nn.Module):
             raise ConfigError("trace= works on whole unpadded sequences, without a cache")
         batch, seq = input_ids.shape
         start = 0 if cache is None else cache.reserve(seq, mask)
+        given_positions = positions is not None
         if positions is None:
             positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
         if self.pos_embed is not None:  # learned positions stop at the context length
-            last = int(positions.max())
+            # (read from the tensor only when the caller gave one: a host sync, and a graph
+            # break under torch.compile)
+            last = int(positions.max()) if given_positions else start + seq - 1
             if last >= self.config.max_seq_len:
                 raise ConfigError(
                     f"position {last} is beyond the context length {self.config.max_seq_len}"
