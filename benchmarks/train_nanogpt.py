@@ -11,13 +11,18 @@ nanoGPT trains this model without biases (its `bias=False` default); GPT2LMHeadM
 them. So lmforge runs twice: the nanoGPT model (no biases; the loss target) and the GPT-2 model
 (biases; the same model as the peer, for the speed ratio).
 
-    python benchmarks/train_nanogpt.py [--steps 2000] [--threads 2]
+    python benchmarks/train_nanogpt.py [--steps 2000] [--seeds 1337,1,2] [--threads 2]
+
+With several seeds, the columns train in a rotated order from seed to seed and a summary gives
+each column's validation loss and time ratio over the seeds: one seed's loss moves by about
+0.02 from seed to seed, as much as the gap to nanoGPT's reported 1.88.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -121,48 +126,95 @@ def run_lmforge(config: TrainConfig, splits):
     return result, parameters, estimate, sample.text
 
 
+COLUMNS = ("lmforge nanoGPT", "lmforge GPT-2", "transformers")
+
+
+def run_seed(seed: int, steps: int, splits, tokenizer, order: list[str]) -> dict[str, dict]:
+    """Train the three columns with one seed, in `order` (rotated from seed to seed, so the
+    machine's drift does not always land on the same column)."""
+    results = {}
+    for name in order:
+        if name == "transformers":
+            ms, val, estimate, params = transformers_loop(
+                nanogpt_config(steps, True, seed), splits, tokenizer
+            )
+            results[name] = dict(ms=ms, val=val, estimate=estimate, params=params)
+            continue
+        config = nanogpt_config(steps, name == "lmforge GPT-2", seed)
+        result, params, estimate, sample = run_lmforge(config, splits)
+        val = result.evaluations[-1]["val_loss"]
+        results[name] = dict(ms=result.ms_per_step, val=val, estimate=estimate, params=params)
+        results[name]["sample"] = sample
+    return results
+
+
+def print_seed(seed: int, results: dict[str, dict]) -> None:
+    peer_ms = results["transformers"]["ms"]
+    rows = [results[name] for name in COLUMNS]
+    print(f"\nseed {seed}")
+    print(f"{'':28}" + "".join(f"{name:>17}" for name in COLUMNS))
+    print(f"{'biases':28}{'no':>17}{'yes':>17}{'yes':>17}")
+    print(f"{'ms / iteration':28}" + "".join(f"{r['ms']:>17.2f}" for r in rows))
+    print(f"{'  ratio to transformers':28}" + "".join(f"{r['ms'] / peer_ms:>16.2f}x" for r in rows)
+          + "   (target <= 0.80x)")  # fmt: skip
+    print(f"{'validation loss (all 10%)':28}" + "".join(f"{r['val']:>17.4f}" for r in rows)
+          + "   (nanoGPT README: 1.88; target <= 1.88)")  # fmt: skip
+    print(f"{'  nanoGPT estimate (20 b.)':28}" + "".join(f"{r['estimate']:>17.4f}" for r in rows))
+    print(f"{'bits per character':28}" + "".join(f"{r['val'] / math.log(2):>17.4f}" for r in rows))
+    print(f"{'parameters':28}" + "".join(f"{r['params']:>17,}" for r in rows))
+
+
+def print_summary(by_seed: dict[int, dict[str, dict]]) -> None:
+    """Across seeds: each column's validation loss and its ratio to transformers' time."""
+    print(f"\nover {len(by_seed)} seeds ({', '.join(map(str, by_seed))}): median (min-max)")
+    print(f"{'':28}" + "".join(f"{name:>24}" for name in COLUMNS))
+    for label, value in (
+        ("validation loss", lambda r, seed: r["val"]),
+        ("ratio to transformers", lambda r, seed: r["ms"] / by_seed[seed]["transformers"]["ms"]),
+    ):
+        cells = []
+        for name in COLUMNS:
+            values = [value(results[name], seed) for seed, results in by_seed.items()]
+            cells.append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        print(f"{label:28}" + "".join(f"{cell:>24}" for cell in cells))
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected comma-separated integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {text!r}: each seed once")
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--seeds", type=seed_list, default=[1337],
+        help="comma-separated; each trains all three columns (about 5 minutes a seed)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    if args.steps < 1 or args.threads < 1:
+        raise SystemExit("--steps and --threads must be at least 1")
     torch.set_num_threads(args.threads)
 
     tokenizer = train_char_tokenizer([DATA.read_text()], byte_fallback=False)
     splits = split_tokens(tokenize_corpus(Corpus(str(DATA)), tokenizer), 0.1, 0.0)
-    nano, nano_params, nano_est, sample = run_lmforge(
-        nanogpt_config(args.steps, False, args.seed), splits
-    )
-    gpt2, gpt2_params, gpt2_est, _ = run_lmforge(
-        nanogpt_config(args.steps, True, args.seed), splits
-    )
-    peer_ms, peer_val, peer_est, peer_params = transformers_loop(
-        nanogpt_config(args.steps, True, args.seed), splits, tokenizer
-    )
-
-    columns = [
-        ("lmforge nanoGPT", nano.ms_per_step, nano.evaluations[-1]["val_loss"], nano_params),
-        ("lmforge GPT-2", gpt2.ms_per_step, gpt2.evaluations[-1]["val_loss"], gpt2_params),
-        ("transformers", peer_ms, peer_val, peer_params),
-    ]
-    print(f"\nnanoGPT CPU config, tiny Shakespeare (chars, vocab {tokenizer.vocab_size}), "
-          f"{args.steps} iterations, seed {args.seed}, {args.threads} threads")  # fmt: skip
-    print(f"{'':28}" + "".join(f"{name:>17}" for name, *_ in columns))
-    print(f"{'biases':28}{'no':>17}{'yes':>17}{'yes':>17}")
-    print(f"{'ms / iteration':28}" + "".join(f"{ms:>17.2f}" for _, ms, _, _ in columns))
-    print(f"{'  ratio to transformers':28}" + "".join(f"{ms / peer_ms:>16.2f}x" for _, ms, _, _ in columns)
-          + "   (target <= 0.80x)")  # fmt: skip
-    print(f"{'validation loss (all 10%)':28}" + "".join(f"{v:>17.4f}" for _, _, v, _ in columns)
-          + "   (nanoGPT README: 1.88; target <= 1.88)")  # fmt: skip
-    estimates = (nano_est, gpt2_est, peer_est)
-    print(f"{'  nanoGPT estimate (20 b.)':28}" + "".join(f"{v:>17.4f}" for v in estimates))
-    print(
-        f"{'bits per character':28}"
-        + "".join(f"{v / math.log(2):>17.4f}" for _, _, v, _ in columns)
-    )
-    print(f"{'parameters':28}" + "".join(f"{p:>17,}" for *_, p in columns))
-    print(f"\nsample of the nanoGPT model (temperature 0.8):\n{sample}")
+    print(f"nanoGPT CPU config, tiny Shakespeare (chars, vocab {tokenizer.vocab_size}), "
+          f"{args.steps} iterations, {args.threads} threads")  # fmt: skip
+    by_seed = {}
+    for index, seed in enumerate(args.seeds):
+        order = list(COLUMNS[index % 3 :] + COLUMNS[: index % 3])
+        by_seed[seed] = run_seed(seed, args.steps, splits, tokenizer, order)
+        print_seed(seed, by_seed[seed])
+    if len(by_seed) > 1:
+        print_summary(by_seed)
+    first = by_seed[args.seeds[0]]["lmforge nanoGPT"]["sample"]
+    print(f"\nsample of the nanoGPT model, seed {args.seeds[0]} (temperature 0.8):\n{first}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ def test_logprobs_are_the_models(pair):
     chosen = expected.gather(1, torch.tensor(result.token_ids)[:, None]).squeeze(1)
     assert torch.allclose(torch.tensor(result.logprobs), chosen, atol=1e-4)
     assert list(result.top_logprobs[0]) == expected[0].topk(3).indices.tolist()
+    # Without top_logprobs, the same tokens and logprobs (and no top lists).
+    plain = lm.generate(ids, max_new_tokens=6, temperature=0.7, seed=3)
+    assert plain.token_ids == result.token_ids and not plain.top_logprobs
+    assert torch.allclose(torch.tensor(plain.logprobs), chosen, atol=1e-4)
 
 
 def random_case(seed=0, rows=4, vocab=300, length=12):
