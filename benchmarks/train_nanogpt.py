@@ -143,8 +143,9 @@ def run_seed(seed: int, steps: int, splits, tokenizer, order: list[str]) -> dict
         config = nanogpt_config(steps, name == "lmforge GPT-2", seed)
         result, params, estimate, sample = run_lmforge(config, splits)
         val = result.evaluations[-1]["val_loss"]
-        results[name] = dict(ms=result.ms_per_step, val=val, estimate=estimate, params=params)
-        results[name]["sample"] = sample
+        results[name] = dict(
+            ms=result.ms_per_step, val=val, estimate=estimate, params=params, sample=sample
+        )
     return results
 
 
