@@ -398,17 +398,16 @@ class GPT(nn.Module):
             raise ConfigError("trace= works on whole unpadded sequences, without a cache")
         batch, seq = input_ids.shape
         start = 0 if cache is None else cache.reserve(seq, mask)
-        given_positions = positions is not None
-        if positions is None:
-            positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
         if self.pos_embed is not None:  # learned positions stop at the context length
-            # (read from the tensor only when the caller gave one: a host sync, and a graph
+            # (read from a tensor only when the caller gave one: a host sync, and a graph
             # break under torch.compile)
-            last = int(positions.max()) if given_positions else start + seq - 1
+            last = start + seq - 1 if positions is None else int(positions.max())
             if last >= self.config.max_seq_len:
                 raise ConfigError(
                     f"position {last} is beyond the context length {self.config.max_seq_len}"
                 )
+        if positions is None:
+            positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
         if self.compiled_decoder is not None and seq == 1 and cache is not None and trace is None:
             logits = self.compiled_decoder(input_ids, positions, cache, start)
             if logits is not None:
@@ -436,8 +435,8 @@ class GPT(nn.Module):
     def compile_decode(self) -> None:
         """Run single-token decode steps through a `torch.compile`d graph (see
         `lmforge.models.compiled`): several times fewer CPU cycles a step on small models, after
-        a one-off compile (about a minute; seconds once it is in the on-disk cache). The weights
-        are frozen into the graph, so compile after loading, quantising or fine-tuning."""
+        a one-off compile (about a minute; seconds once it is in the on-disk cache). The graph is
+        specialised to the layers as they are, so compile after loading, quantising or fine-tuning."""
         from lmforge.models.compiled import CompiledDecoder
 
         self.compiled_decoder = CompiledDecoder(self)
