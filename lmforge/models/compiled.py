@@ -3,9 +3,6 @@
 Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny ops (norms,
 RoPE, residual adds); inductor fuses them into a few dozen C++ loops. What makes that pay on a
 CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7.5 ms):
-- the weights are frozen into the graph as constants (`freezing`), so the graph is specialised
-  to them rather than reading ~300 parameters as inputs (0.8 ms a step when measured with
-  Dynamo's guards still evaluated);
 - a C++ wrapper calls the kernels (`cpp_wrapper`), with no Python between them, and no
   per-buffer size asserts;
 - every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
@@ -16,8 +13,11 @@ CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7.5
   the inputs are known to match the graph.
 
 The compiled artefacts go to inductor's on-disk cache, so the next process reuses them (about
-10 s to re-trace instead of about 50 s to compile). The weights are frozen: a compiled decoder
-serves the weights it was compiled with.
+10 s to re-trace instead of about 50 s to compile). The weights reach the graph as inputs,
+read from the model on every step (inductor's `freezing` would make constants only of
+parameters that Dynamo sees as a module's; here it generated the same code with or without it),
+but the graph is specialised to the layers' shapes and types: compile after loading, quantising
+or fine-tuning.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from lmforge.models.gpt import GPT, KVCache
 
 # torch.compile's inductor options for the decode step (see the module docstring).
 INDUCTOR_OPTIONS = {
-    "freezing": True,
     "cpp_wrapper": True,
     "size_asserts": False,
     "alignment_asserts": False,
