@@ -187,8 +187,9 @@ def load(
 
     quantize: "none" (weights and activations in `dtype`), "bf16", "int8" or "int4" (weight-only
     quantisation, activations in bfloat16; int4 groups `group_size` input columns).
-    compile: run decode steps through `torch.compile` (GPT models): faster tokens after a
-    one-off compile of about a minute, cached on disk (see `lmforge.models.compiled`)."""
+    compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models):
+    faster tokens after a one-off compile of about a minute, cached on disk and loaded in
+    milliseconds by later processes (see `lmforge.models.compiled`)."""
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ConfigError(

@@ -35,8 +35,8 @@ def _add_compile_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the decode step (GPT models): faster tokens after a one-off compile "
-        "of about a minute, then seconds once it is cached on disk",
+        help="compile the decode step ahead of time with AOTInductor (GPT models): faster tokens "
+        "after a one-off compile of about a minute; later runs load it from the disk cache",
     )
 
 

@@ -1,4 +1,5 @@
-"""`compile=True`: decode steps through torch.compile give eager decoding's tokens and logits."""
+"""`compile=True`: decode steps through an AOTInductor-compiled step give eager decoding's tokens
+and logits, and a compiled step is loaded from the disk cache, not compiled again."""
 
 import pytest
 import torch
@@ -31,12 +32,11 @@ def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
             )
     decoder = compiled.model.compiled_decoder
     assert len(decoder.compiled_layouts) == len(cases)  # the compiled graphs did the decoding
-    assert decoder._direct.keys() == decoder.compiled_layouts  # later steps skip Dynamo
 
 
 def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):
-    """A graph compiled under inference mode is not reused for a cache made outside it (its
-    tensors differ in kind): stepping one under no_grad compiles anew and matches eager."""
+    """The library compiled while generating (under inference mode) also steps a cache made
+    outside inference mode, under no_grad, and matches eager there."""
     directory, _ = tiny_llama_dir
     eager, compiled = lmforge.load(directory), lmforge.load(directory, compile=True)
     compiled.generate("The cat", max_new_tokens=4, ignore_eos=True)  # under inference mode
@@ -49,7 +49,30 @@ def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):
             steps = [model(torch.tensor([[t]]), cache)[0] for t in (14, 15, 16)]
             outputs.append(torch.cat(steps, dim=1))
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=0)
-    assert len(compiled.model.compiled_decoder.compiled_layouts) == 2
+    assert len(compiled.model.compiled_decoder.compiled_layouts) == 1
+
+
+def test_a_new_process_loads_the_compiled_step_without_the_compiler(tiny_llama_dir):
+    """The second start reads the compiled step from the disk cache: the same tokens, and
+    neither Dynamo nor inductor is imported (they cost ~230 MiB of memory)."""
+    import json
+    import subprocess
+    import sys
+
+    directory, _ = tiny_llama_dir
+    want = lmforge.load(directory, compile=True).generate("The cat", max_new_tokens=6).token_ids
+    script = (
+        "import json, sys, lmforge\n"
+        f"lm = lmforge.load({str(directory)!r}, compile=True)\n"
+        "ids = lm.generate('The cat', max_new_tokens=6).token_ids\n"
+        "heavy = [m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
+        "print(json.dumps([ids, heavy, sorted(map(str, lm.model.compiled_decoder.compiled_layouts))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    ids, heavy, layouts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ids == want
+    assert heavy == []
+    assert len(layouts) == 1  # the compiled step did decode
 
 
 def test_compile_needs_a_gpt():

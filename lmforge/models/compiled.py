@@ -1,41 +1,41 @@
-"""A GPT's one-token decode step compiled with `torch.compile` (inductor), for fast generation.
+"""A GPT's one-token decode step compiled ahead of time with AOTInductor, for fast generation.
 
 Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny ops (norms,
-RoPE, residual adds); inductor fuses them into a few dozen C++ loops. What makes that pay on a
-CPU (measured on SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7.5 ms):
-- a C++ wrapper calls the kernels (`cpp_wrapper`), with no Python between them, and no
-  per-buffer size asserts;
+RoPE, residual adds); inductor fuses them into a few dozen C++ loops. The step is captured with
+`torch.export` and compiled by AOTInductor into a shared library that runs the whole step in
+C++: no Python, no Dynamo guards or frame evaluation between the kernels (measured on
+SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7 ms). What shapes the graph:
 - every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
   attention reads a prefix whose length is a dynamic dimension: one graph serves every position;
-- once an input layout has been compiled, its calls run the bytecode Dynamo generated for it
-  directly, as vLLM's compile wrapper does: entering a `torch.compile`d function costs ~0.8 ms
-  of frame-evaluation machinery on every call (6.7 vs 7.5 ms a step), which buys nothing once
-  the inputs are known to match the graph.
+- the weights are inputs of the graph, not constants baked into the library: it shares the
+  model's memory (no second copy of the weights) and stays valid for any weights of the same
+  shapes, so its cache key is the model's structure, never its values.
 
-The compiled artefacts go to inductor's on-disk cache, so the next process reuses them (about
-10 s to re-trace instead of about 50 s to compile). The weights reach the graph as inputs,
-read from the model on every step (inductor's `freezing` would make constants only of
-parameters that Dynamo sees as a module's; here it generated the same code with or without it),
-but the graph is specialised to the layers' shapes and types: compile after loading, quantising
-or fine-tuning.
+Each input layout (batch size, cache length, dtype, device, padding) compiles once, in about a
+minute, into `<lmforge cache>/compiled/`; a later process loads it in milliseconds, without
+importing the compiler at all (which alone would cost ~230 MiB of memory). The graph follows the
+layers' shapes and types, so compile after loading, quantising or fine-tuning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import types
-from collections.abc import Callable
+import tempfile
+import warnings
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from lmforge.models.gpt import GPT, KVCache
 
-# torch.compile's inductor options for the decode step (see the module docstring).
-INDUCTOR_OPTIONS = {
-    "cpp_wrapper": True,
-    "size_asserts": False,
-    "alignment_asserts": False,
-}
+# AOTInductor options: the step's inputs always have the shapes and strides it was compiled for
+# (the layout key guarantees it), so per-call checks of them buy nothing.
+INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+# The code a compiled step is traced from: a change to any of it makes new cache keys.
+_TRACED_SOURCES = ("gpt.py", "compiled.py", "../quantize.py")
 
 
 class _SlotCache:
@@ -52,32 +52,52 @@ class _SlotCache:
         return self.k[layer][:, :, : self.n_keys], self.v[layer][:, :, : self.n_keys]
 
 
-class CompiledDecoder:
-    """Runs `model`'s single-token steps through one compiled graph per input layout."""
+class _DecodeStep(nn.Module):
+    """The traced function: logits for one token per row, its keys/values written in place."""
 
-    def __init__(self, model: GPT):
-        _use_lmforge_cache_dir()
-        self.model = model
-        # Created at the first decode step: importing Dynamo and setting up torch.compile takes
-        # about a second, which would otherwise delay the first token (the eager prefill's).
-        self._compiled = None
-        self.compiled_layouts: set[tuple] = set()  # input layouts compiled so far
-        # Each layout's compiled bytecode, called without Dynamo (a layout missing here goes
-        # through Dynamo).
-        self._direct: dict[tuple, Callable] = {}
+    def __init__(self, model: GPT, padded: bool):
+        super().__init__()
+        self.model, self.padded = model, padded
 
-    def _step(self, tokens, positions, slot, valid, k, v, padded: bool) -> torch.Tensor:
+    def forward(self, tokens, positions, slot, valid, k, v) -> torch.Tensor:
         model = self.model
         cache = _SlotCache(k, v, slot, valid.shape[1])
         x, rope = model.embed_tokens(tokens, positions)
         attn_mask = None
-        if padded:  # a padding row's new token sees itself (no all-masked NaN rows), as in eager
+        if self.padded:  # a padding row's new token sees itself (no all-masked NaN rows), as eager
             n_keys = valid.shape[1]
             seen = valid | (torch.arange(n_keys, device=valid.device) == n_keys - 1)
             attn_mask = seen[:, None, None, :]
         for block in model.blocks:
             x = block(x, rope, cache, None, attn_mask)
         return model.lm_head(model.norm(x))
+
+
+class _WeightsAsInputs(nn.Module):
+    """What is exported: `_DecodeStep` with the model's weights passed in as a first argument
+    (`functional_call`), so they become graph inputs instead of constants."""
+
+    def __init__(self, step: _DecodeStep, names: list[str]):
+        super().__init__()
+        object.__setattr__(self, "step", step)  # not a submodule: export must not lift its weights
+        self.names = names
+
+    def forward(self, weights, tokens, positions, slot, valid, k, v) -> torch.Tensor:
+        state = dict(zip(self.names, weights, strict=True))
+        return torch.func.functional_call(self.step, state, (tokens, positions, slot, valid, k, v))
+
+
+class CompiledDecoder:
+    """Runs `model`'s single-token steps through one AOTInductor library per input layout."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self._runners: dict[tuple, tuple] = {}  # layout -> (loaded library, its weight tensors)
+
+    @property
+    def compiled_layouts(self) -> set[tuple]:
+        """The input layouts compiled (or loaded from the disk cache) so far."""
+        return set(self._runners)
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int
@@ -86,60 +106,127 @@ class CompiledDecoder:
         where the eager path must run (the cache's first or last slot, which would make the
         key count a constant of the graph)."""
         n_keys = start + 1
-        if not 2 <= n_keys < cache.max_len:
+        if not 2 <= n_keys < cache.max_len or cache.max_len < 4:
             return None
-        tokens, positions = tokens.contiguous(), positions.contiguous()
-        valid = cache.valid[:, :n_keys]
+        k0 = cache.k[0]
+        layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), cache.has_padding)
+        entry = self._runners.get(layout)
+        if entry is None:
+            entry = self._runners[layout] = self._load(layout)
+        runner, weights = entry
         slot = torch.tensor([start], device=tokens.device)
-        padded = cache.has_padding
-        args = (tokens, positions, slot, valid, cache.k, cache.v, padded)
-        layout = (
-            tuple(tokens.shape),
-            tuple(positions.shape),
-            tuple(cache.k[0].shape),
-            cache.k[0].stride(),
-            cache.k[0].dtype,
-            cache.k[0].is_inference(),
-            tokens.device,
-            padded,
-            torch.is_inference_mode_enabled(),
-            torch.is_grad_enabled(),
-        )
-        direct = self._direct.get(layout)
-        if direct is not None:
-            return direct(self, *args)
-        torch._dynamo.mark_dynamic(valid, 1, min=2, max=cache.max_len - 1)
-        if layout not in self.compiled_layouts:  # compile it (or fetch it from the disk cache)
-            if self._compiled is None:
-                self._compiled = torch.compile(self._step, fullgraph=True, options=INDUCTOR_OPTIONS)
-            known = _compiled_codes()
-            logits = self._compiled(*args)
-            self.compiled_layouts.add(layout)
-            new = [code for code in _compiled_codes() if code not in known]
-            # The frame Dynamo built for this layout (a layout an earlier graph already served
-            # adds none, and keeps going through Dynamo, which picks that graph).
-            if len(new) == 1:
-                self._direct[layout] = types.FunctionType(new[0], self._step.__globals__)
-            return logits
-        # Only this layout's inputs reach here, so Dynamo's guards would only repeat the check.
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return self._compiled(*args)
+        inputs = [*weights, tokens.contiguous(), positions.contiguous(), slot]
+        return runner.run([*inputs, cache.valid[:, :n_keys], *cache.k, *cache.v])[0]
+
+    def _load(self, layout: tuple) -> tuple:
+        """The library for `layout` from the disk cache, compiling it first if it is not there."""
+        batch, max_len, dtype, device, padded = layout
+        step = _DecodeStep(self.model, padded)
+        state = {**dict(step.named_parameters()), **dict(step.named_buffers())}
+        key = _cache_key(layout, state, self.model)
+        root = _compiled_dir()
+        path = root / f"decode-step-{key}.pt2"
+        if not path.exists():
+            _compile(step, state, layout, path)
+        device = torch.device(device)
+        device_index = -1 if device.type == "cpu" else (device.index or 0)
+        runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
+        return runner, list(state.values())
 
 
-def _compiled_codes() -> list[types.CodeType]:
-    """The bytecode Dynamo has generated for `CompiledDecoder._step`, one per compiled graph
-    (none where this PyTorch lacks the private accessor: every step then goes through Dynamo)."""
-    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)
-    return (
-        [] if entries is None else [entry.code for entry in entries(CompiledDecoder._step.__code__)]
+def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
+    """Export the step for `layout` and compile it into the package `path` (written atomically)."""
+    import torch._inductor
+    import torch.export
+
+    max_len, n_weights, n_layer = layout[1], len(state), step.model.config.n_layer
+    n_keys = torch.export.Dim("n_keys", min=2, max=max_len - 1)
+    dynamic = (
+        [None] * n_weights,
+        None,
+        None,
+        None,
+        {1: n_keys},
+        [None] * n_layer,
+        [None] * n_layer,
     )
+    # Outside inference mode: exported there, the weights would be baked in as constants.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # PyTorch's own deprecation notices from inside export/inductor, not the user's business.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        exported = torch.export.export(
+            _WeightsAsInputs(step, list(state)),
+            _example_inputs(step.model, state, layout),
+            dynamic_shapes=dynamic,
+            strict=False,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
+        os.close(fd)
+        try:
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=partial, inductor_configs=INDUCTOR_OPTIONS
+            )
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
 
 
-def _use_lmforge_cache_dir() -> None:
-    """Keep inductor's compiled artefacts beside lmforge's other caches (not in /tmp, which is
-    cleared on reboot), unless the user chose a directory."""
+def _example_inputs(model: GPT, state: dict, layout: tuple) -> tuple:
+    """Step inputs of `layout`'s shapes and strides, uninitialised (tracing reads only shapes,
+    so no memory is touched), with 3 keys to attend to."""
+    batch, max_len, dtype, device, _ = layout
+    cfg = model.config
+    weights = [
+        torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+        for t in state.values()
+    ]
+    kv_shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
+    k = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+    v = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+    valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)[:, :3]
+    ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    slot = torch.tensor([2], device=device)
+    return weights, ids, ids.clone(), slot, valid, k, v
+
+
+def _cache_key(layout: tuple, state: dict, model: GPT) -> str:
+    """A digest of everything the compiled library depends on: PyTorch and CPU kernels, the
+    traced source code, the model's configuration, module types and weight layouts, the input
+    layout. Not the weights' values: they are inputs."""
+    here = Path(__file__).parent
+    config = {k: v for k, v in model.config.to_dict().items() if k != "extra"}
+    description = {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "options": INDUCTOR_OPTIONS,
+        "layout": [str(part) for part in layout],
+        "config": config,
+        "modules": [type(m).__qualname__ for m in model.modules()],
+        "weights": [
+            (name, list(t.shape), list(t.stride()), str(t.dtype), t.device.type)
+            for name, t in state.items()
+        ],
+    }
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+    for source in _TRACED_SOURCES:
+        digest.update((here / source).resolve().read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _compiled_dir() -> Path:
+    """Where compiled steps are kept: beside lmforge's other caches, or a scratch directory of
+    this process when caching is off (LMFORGE_CACHE_DIR=off)."""
     from lmforge.checkpoints.cache import cache_root
 
     root = cache_root()
-    if root is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    if root is not None:
+        return root / "compiled"
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="lmforge-compiled-")
+    return Path(_SCRATCH.name)
+
+
+_SCRATCH: tempfile.TemporaryDirectory | None = None

@@ -433,10 +433,10 @@ class GPT(nn.Module):
         return x, rope
 
     def compile_decode(self) -> None:
-        """Run single-token decode steps through a `torch.compile`d graph (see
-        `lmforge.models.compiled`): several times fewer CPU cycles a step on small models, after
-        a one-off compile (about a minute; seconds once it is in the on-disk cache). The graph is
-        specialised to the layers as they are, so compile after loading, quantising or fine-tuning."""
+        """Run single-token decode steps through a step compiled ahead of time by AOTInductor
+        (see `lmforge.models.compiled`): about half the CPU time a step on small models, after a
+        one-off compile of about a minute per input layout, kept on disk. The compiled step
+        follows the layers as they are, so compile after loading, quantising or fine-tuning."""
         from lmforge.models.compiled import CompiledDecoder
 
         self.compiled_decoder = CompiledDecoder(self)
