@@ -75,6 +75,56 @@ def test_a_new_process_loads_the_compiled_step_without_the_compiler(tiny_llama_d
     assert len(layouts) == 1  # the compiled step did decode
 
 
+def test_weights_replaced_after_compiling_are_the_ones_used(tiny_llama_dir):
+    """Weights swapped in after compiling (a new tensor object, as `load_state_dict(assign=True)`
+    or fine-tuning may leave) are read by the next generation, as eager reads them."""
+    directory, _ = tiny_llama_dir
+    eager, compiled = lmforge.load(directory), lmforge.load(directory, compile=True)
+    compiled.generate("The cat", max_new_tokens=4, ignore_eos=True)
+    for lm in (eager, compiled):
+        block = lm.model.blocks[1]
+        block.mlp.down.weight = torch.nn.Parameter(block.mlp.down.weight.detach() * -3)
+    want = eager.generate("The cat", max_new_tokens=8, ignore_eos=True)
+    got = compiled.generate("The cat", max_new_tokens=8, ignore_eos=True)
+    assert got.token_ids == want.token_ids
+    torch.testing.assert_close(
+        torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-4, rtol=0
+    )
+
+
+def test_a_damaged_cached_step_is_compiled_again(tiny_llama_dir):
+    """A cached library that does not load (a damaged file) is replaced, not trusted."""
+    directory, _ = tiny_llama_dir
+    want = lmforge.load(directory).generate("The cat", max_new_tokens=6, ignore_eos=True)
+    lm = lmforge.load(directory, compile=True)
+    lm.generate("The cat", max_new_tokens=6, ignore_eos=True)
+    (layout,) = lm.model.compiled_decoder.compiled_layouts
+    path = lm.model.compiled_decoder.library_path(layout)
+    path.write_bytes(b"not a compiled library")
+    again = lmforge.load(directory, compile=True)
+    assert again.generate("The cat", max_new_tokens=6, ignore_eos=True).token_ids == want.token_ids
+    assert again.model.compiled_decoder.compiled_layouts == {layout}
+    assert path.stat().st_size > 10_000  # compiled anew
+
+
+def test_a_failed_compile_says_what_to_do(tiny_llama_dir, tmp_path, monkeypatch):
+    """When inductor cannot compile (no C++ compiler, say), the error names the option and the
+    way out, and leaves no file behind in the cache."""
+    import torch._inductor
+
+    from lmforge.errors import LMForgeError
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Failed to find C++ compiler")
+
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    lm = lmforge.load(tiny_llama_dir[0], compile=True)
+    with pytest.raises(LMForgeError, match=r"compile=True: .*C\+\+ compiler.*without compile=True"):
+        lm.generate("The cat", max_new_tokens=4, ignore_eos=True)
+    assert list((tmp_path / "compiled").iterdir()) == []
+
+
 def test_compile_needs_a_gpt():
     from lmforge.api import _compile_decode
     from lmforge.models.rnn import RNNLM, RNNConfig

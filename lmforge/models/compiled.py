@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmforge.errors import LMForgeError
 from lmforge.models.gpt import GPT, KVCache
 
 # AOTInductor options: the step's inputs always have the shapes and strides it was compiled for
@@ -92,12 +93,30 @@ class CompiledDecoder:
 
     def __init__(self, model: GPT):
         self.model = model
-        self._runners: dict[tuple, tuple] = {}  # layout -> (loaded library, its weight tensors)
+        self._runners: dict[tuple, object] = {}  # input layout -> loaded library
+        self._state: dict[str, torch.Tensor] = {}  # the step's weight inputs, by name
+        self._weights: list[torch.Tensor] = []  # the same, in the step's input order
+        self._signature: list[tuple] = []
+        self.refresh_weights()
 
     @property
     def compiled_layouts(self) -> set[tuple]:
         """The input layouts compiled (or loaded from the disk cache) so far."""
         return set(self._runners)
+
+    def refresh_weights(self) -> None:
+        """Take the model's current weight tensors (`GPT.new_cache` calls this for every
+        generation, so weights replaced since, by fine-tuning or `.to()`, are the ones read);
+        new shapes, strides or types make the compiled libraries stale, so they are dropped."""
+        model = self.model
+        state = {f"model.{name}": t for name, t in model.named_parameters()}
+        state.update((f"model.{name}", t) for name, t in model.named_buffers())
+        signature = [(n, t.shape, t.stride(), t.dtype, t.device) for n, t in state.items()]
+        if signature != self._signature:
+            self._runners.clear()
+            self._signature = signature
+        self._state = state
+        self._weights = list(state.values())
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int
@@ -110,28 +129,33 @@ class CompiledDecoder:
             return None
         k0 = cache.k[0]
         layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), cache.has_padding)
-        entry = self._runners.get(layout)
-        if entry is None:
-            entry = self._runners[layout] = self._load(layout)
-        runner, weights = entry
+        runner = self._runners.get(layout)
+        if runner is None:
+            runner = self._runners[layout] = self._load(layout)
         slot = torch.tensor([start], device=tokens.device)
-        inputs = [*weights, tokens.contiguous(), positions.contiguous(), slot]
+        inputs = [*self._weights, tokens.contiguous(), positions.contiguous(), slot]
         return runner.run([*inputs, cache.valid[:, :n_keys], *cache.k, *cache.v])[0]
 
-    def _load(self, layout: tuple) -> tuple:
-        """The library for `layout` from the disk cache, compiling it first if it is not there."""
-        batch, max_len, dtype, device, padded = layout
-        step = _DecodeStep(self.model, padded)
-        state = {**dict(step.named_parameters()), **dict(step.named_buffers())}
-        key = _cache_key(layout, state, self.model)
-        root = _compiled_dir()
-        path = root / f"decode-step-{key}.pt2"
-        if not path.exists():
-            _compile(step, state, layout, path)
-        device = torch.device(device)
+    def library_path(self, layout: tuple) -> Path:
+        """Where the compiled step for `layout` is cached (a file named by its cache key)."""
+        return _compiled_dir() / f"decode-step-{_cache_key(layout, self._state, self.model)}.pt2"
+
+    def _load(self, layout: tuple):
+        """The library for `layout` from the disk cache, compiled first if it is not there (or
+        if the cached file does not load: a damaged file is replaced, not trusted)."""
+        step = _DecodeStep(self.model, padded=layout[-1])
+        path = self.library_path(layout)
+        device = torch.device(layout[3])
         device_index = -1 if device.type == "cpu" else (device.index or 0)
-        runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
-        return runner, list(state.values())
+        if path.exists():
+            try:
+                return torch._C._aoti.AOTIModelPackageLoader(
+                    str(path), "model", False, 1, device_index
+                )
+            except RuntimeError:
+                path.unlink(missing_ok=True)
+        _compile(step, self._state, layout, path)
+        return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
 
 
 def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
@@ -169,6 +193,12 @@ def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
                 exported, package_path=partial, inductor_configs=INDUCTOR_OPTIONS
             )
             os.replace(partial, path)
+        except Exception as error:  # inductor's own errors: a missing C++ compiler is the usual
+            raise LMForgeError(
+                f"compile=True: compiling the decode step failed ({type(error).__name__}: "
+                f"{str(error).strip()[:500]}). AOTInductor needs a C++ compiler (g++ or clang) "
+                "on the PATH; or run without compile=True / --compile"
+            ) from error
         finally:
             Path(partial).unlink(missing_ok=True)
 

@@ -370,6 +370,7 @@ class GPT(nn.Module):
             # Each cache length is its own compiled graph: round up to a power of two so a few
             # graphs serve every request (attention reads only the filled slots either way).
             max_len = min(max(256, 1 << (max_len - 1).bit_length()), self.config.max_seq_len)
+            self.compiled_decoder.refresh_weights()
         return KVCache(self.config, batch_size, max_len, self.dtype, self.norm.weight.device)
 
     @property
