@@ -238,6 +238,10 @@ class Attention(nn.Module):
         softmax(q k^T / sqrt(d)) v in float32, each kv head serving its group of query heads."""
         batch, group = q.shape[0], self.n_head // self.n_kv_head
         q = q.reshape(batch, self.n_kv_head, group, 1, self.head_dim).float()
+        # Store the rotated query in a buffer of its own (a scatter is never inlined): left as
+        # an expression, inductor recomputes its RoPE inside the loop over keys, for every key
+        # (105 against 38 us a layer at 360 keys on SmolLM2; ~5% of a step at 100 keys).
+        q = torch.zeros_like(q).index_copy_(0, torch.arange(batch, device=q.device), q)
         scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(self.head_dim)
         if attn_mask is not None:  # (batch, 1, 1, keys), True where a key may be seen
             scores = scores.masked_fill(~attn_mask, float("-inf"))
