@@ -25,8 +25,10 @@ def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
         want, got = _steps(eager, prompts), _steps(compiled, prompts)
         for w, g in zip(want, got, strict=True):
             assert g.token_ids == w.token_ids
-            # Inductor fuses and reorders float sums: equal up to rounding (of bf16 for int4).
-            atol, rtol = (1e-4, 0) if quantize == "none" else (0.02, 0.03)
+            # Inductor fuses and reorders float sums: equal up to rounding. In bfloat16 (int4)
+            # that rounding shows: this model's logits reach ~8, where bf16 steps by 1/32, and
+            # 85% of them differ between eager and compiled steps, by up to 0.11 (measured).
+            atol, rtol = (1e-4, 0) if quantize == "none" else (0.25, 0)
             torch.testing.assert_close(
                 torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=atol, rtol=rtol
             )

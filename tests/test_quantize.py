@@ -12,6 +12,7 @@ from lmforge.quantize import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,
+    Int8ViaInt4Linear,
     quantize_int4_groups,
     quantize_int8_rows,
 )
@@ -73,6 +74,27 @@ def test_int8_linear_against_float(rows):
     got = layer(x).float()
     assert got.shape == (rows, 80)
     assert (got - expected).norm() / expected.norm() < 0.02
+
+
+@pytest.mark.parametrize("rows", [1, 40])
+def test_int8_weights_through_the_int4_kernel(rows):
+    """`Int8ViaInt4Linear` multiplies exactly the int8 layer's weights, extremes (+-127) and
+    padded rows (50 -> 64) included: its result is the exact product up to bf16 rounding, as
+    the int8 kernel's is."""
+    torch.manual_seed(0)
+    weight = torch.randn(50, 64) * 0.05
+    weight[0, :2] = torch.tensor([1.0, -1.0])  # the row's largest: q = +127 and -127
+    bias = torch.randn(50)
+    int8 = Int8Linear.from_float(weight, bias)
+    assert {int(int8.weight[0, 0]), int(int8.weight[0, 1])} == {127, -127}
+    layer = Int8ViaInt4Linear.from_int8(int8.weight, int8.scales, bias)
+    x = torch.randn(rows, 64)
+    exact = x.to(bf16).float() @ int8.dequantize().float().T + bias.to(bf16).float()
+    got = layer(x)
+    assert got.shape == (rows, 50) and got.dtype == bf16
+    bound = 2**-7 * exact.abs().max()  # two bf16 roundings (each 2^-9 relative) and the bias
+    assert (got.float() - exact).abs().max() <= bound
+    assert (int8(x).float() - exact).abs().max() <= bound
 
 
 def test_int8_embedding_rows():

@@ -19,7 +19,7 @@ import torch
 
 from lmforge.models.gpt import GPTConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: an int4 model's output head has tensors of its own
 # torch's own format: it aligns every tensor to 64 bytes (the int8/int4 kernels' vector loads
 # need that; safetensors packs at 8) and `torch.load(mmap=True)` maps it without a copy.
 WEIGHTS_FILE = "model.pt"
@@ -66,7 +66,7 @@ def save_converted(entry: Path, model, tokenizer) -> None:
         state = {
             k: v.contiguous()
             for k, v in model.state_dict().items()
-            if not (model.config.tie_embeddings and k.startswith("lm_head."))
+            if not (model.head_reads_embedding() and k.startswith("lm_head."))
         }
         torch.save(state, staging / WEIGHTS_FILE)
         tokenizer.save(staging)

@@ -165,7 +165,7 @@ def load_state_dict_into(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
 ) -> None:
     """Copy tensors into the model, checking that names and shapes match exactly."""
-    tied = model.config.tie_embeddings
+    tied = model.head_reads_embedding()  # its tensors are the embedding's: none to load
     if tied:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("lm_head.")}
     expected = {

@@ -484,6 +484,13 @@ class GPT(nn.Module):
                     std /= math.sqrt(2 * self.config.n_layer)
                 nn.init.normal_(param, mean=0.0, std=std)
 
+    def head_reads_embedding(self) -> bool:
+        """Whether the output head uses the embedding's very tensors (tied, stored once, so a
+        checkpoint holds no head of its own). int4's tied head keeps its own int4-layout copy."""
+        return self.config.tie_embeddings and getattr(self.lm_head, "weight", None) is getattr(
+            self.embed, "weight", None
+        )
+
     def num_parameters(self) -> int:
         """Weights of the model, counting quantised layers (buffers) once, shared ones once."""
         params = sum(p.numel() for p in self.parameters())
@@ -491,5 +498,7 @@ class GPT(nn.Module):
             id(getattr(m, "weight", m)): m.num_weights
             for m in self.modules()
             if hasattr(m, "num_weights")
+            # a tied head is the embedding's weights, even stored apart (int4's head)
+            and not (self.config.tie_embeddings and m is self.lm_head)
         }
         return params + sum(quantised.values())
