@@ -4,7 +4,7 @@ Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny
 RoPE, residual adds); inductor fuses them into a few dozen C++ loops. The step is captured with
 `torch.export` and compiled by AOTInductor into a shared library that runs the whole step in
 C++: no Python, no Dynamo guards or frame evaluation between the kernels (measured on
-SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~7 ms). What shapes the graph:
+SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~6.3 ms). What shapes the graph:
 - every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
   attention reads a prefix whose length is a dynamic dimension: one graph serves every position;
 - the weights are inputs of the graph, not constants baked into the library: it shares the
