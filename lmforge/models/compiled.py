@@ -19,6 +19,7 @@ layers' shapes and types, so compile after loading, quantising or fine-tuning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -185,7 +186,6 @@ def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
             dynamic_shapes=dynamic,
             strict=False,
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pt2")
         os.close(fd)
         try:
@@ -246,17 +246,21 @@ def _cache_key(layout: tuple, state: dict, model: GPT) -> str:
 
 
 def _compiled_dir() -> Path:
-    """Where compiled steps are kept: beside lmforge's other caches, or a scratch directory of
-    this process when caching is off (LMFORGE_CACHE_DIR=off)."""
+    """Where compiled steps are kept: beside lmforge's other caches, or, when caching is off
+    (LMFORGE_CACHE_DIR=off) or that directory cannot be written, a scratch one of this process."""
     from lmforge.checkpoints.cache import cache_root
 
     root = cache_root()
     if root is not None:
-        return root / "compiled"
-    global _SCRATCH
-    if _SCRATCH is None:
-        _SCRATCH = tempfile.TemporaryDirectory(prefix="lmforge-compiled-")
-    return Path(_SCRATCH.name)
+        try:
+            (root / "compiled").mkdir(parents=True, exist_ok=True)
+            if os.access(root / "compiled", os.W_OK):
+                return root / "compiled"
+        except OSError:
+            pass
+    return Path(_scratch_dir().name)
 
 
-_SCRATCH: tempfile.TemporaryDirectory | None = None
+@functools.cache
+def _scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="lmforge-compiled-")
