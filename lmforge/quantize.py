@@ -32,6 +32,17 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(COMPUTE_DTYPE)
 
 
+def _int4_product(x: torch.Tensor, packed, group_size: int, scales_and_zeros) -> torch.Tensor:
+    """(rows, padded out) = x's rows times int4 weights in the CPU kernel's packed layout."""
+    rows = _rows_2d(x)
+    if rows.device.type != "cpu":
+        raise ConfigError(
+            "int4 weights are packed for PyTorch's CPU kernel; on another device use "
+            "quantize='int8' or 'bf16'"
+        )
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_and_zeros)
+
+
 class _WeightOnlyLinear(nn.Module):
     """What the int8 and int4 layers share: sizes, an optional bfloat16 bias, the output shape."""
 
@@ -130,16 +141,9 @@ class Int4Linear(_WeightOnlyLinear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _rows_2d(x)
-        if rows.device.type != "cpu":
-            raise ConfigError(
-                "int4 weights are packed for PyTorch's CPU kernel; on another device use "
-                "quantize='int8' or 'bf16'"
-            )
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows, self.packed, self.group_size, self.scales_and_zeros
+        return self._output(
+            _int4_product(x, self.packed, self.group_size, self.scales_and_zeros), x
         )
-        return self._output(y, x)
 
 
 class Int8ViaInt4Linear(_WeightOnlyLinear):
@@ -204,15 +208,7 @@ class Int8ViaInt4Linear(_WeightOnlyLinear):
         return cls.from_int8(*quantize_int8_rows(weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = _rows_2d(x)
-        if rows.device.type != "cpu":
-            raise ConfigError(
-                "int4 weights are packed for PyTorch's CPU kernel; on another device use "
-                "quantize='int8' or 'bf16'"
-            )
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows, self.packed, self.group_size, self.scales_and_zeros
-        )
+        y = _int4_product(x, self.packed, self.group_size, self.scales_and_zeros)
         # Summed in float32 and rounded once (as inductor does when it fuses this add).
         y = (y[:, : self.half].float() + y[:, self.half :].float()).to(COMPUTE_DTYPE)
         return self._output(y, x)

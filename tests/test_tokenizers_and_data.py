@@ -39,14 +39,24 @@ def bpe_tok():
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80))
 def test_char_tokenizer_round_trips_any_unicode(char_tok, text):
+    # Text that spells a special token ("<|endoftext|>": Hypothesis tries the code's own string
+    # constants) encodes to that token, as in transformers; decoding keeps it only when asked.
     ids = char_tok.encode(text)
-    assert char_tok.decode(ids) == text
+    assert char_tok.decode(ids, skip_special_tokens=False) == text
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80))
 def test_bpe_tokenizer_round_trips_any_unicode(bpe_tok, text):
-    assert bpe_tok.decode(bpe_tok.encode(text)) == text
+    assert bpe_tok.decode(bpe_tok.encode(text), skip_special_tokens=False) == text
+
+
+@pytest.mark.parametrize("special", ["<|endoftext|>", "<|user|>"])
+def test_text_spelling_a_special_token_round_trips(char_tok, bpe_tok, special):
+    """The case Hypothesis found: a special token's text comes back when specials are kept."""
+    for tok in (char_tok, bpe_tok):
+        text = f"a{special}b"
+        assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
 
 
 def test_char_tokenizer_is_one_token_per_seen_character(char_tok):
