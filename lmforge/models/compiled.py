@@ -13,8 +13,9 @@ SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~6.3 ms). What shapes
 
 Each input layout (batch size, cache length, dtype, device, padding) compiles once, in about a
 minute, into `<lmforge cache>/compiled/`; a later process loads it in milliseconds, without
-importing the compiler at all (which alone would cost ~230 MiB of memory). The graph follows the
-layers' shapes and types, so compile after loading, quantising or fine-tuning.
+importing the compiler at all (which alone would cost ~230 MiB of memory). The weights are
+re-read for every new KV cache, so weights replaced after compiling are the ones used; new
+weight shapes or types make a new cache key, compiled anew.
 """
 
 from __future__ import annotations

@@ -440,8 +440,8 @@ class GPT(nn.Module):
     def compile_decode(self) -> None:
         """Run single-token decode steps through a step compiled ahead of time by AOTInductor
         (see `lmforge.models.compiled`): about half the CPU time a step on small models, after a
-        one-off compile of about a minute per input layout, kept on disk. The compiled step
-        follows the layers as they are, so compile after loading, quantising or fine-tuning."""
+        one-off compile of about a minute per input layout, kept on disk. Weights are re-read
+        for every new KV cache; new weight shapes or types (e.g. quantising later) compile anew."""
         from lmforge.models.compiled import CompiledDecoder
 
         self.compiled_decoder = CompiledDecoder(self)
