@@ -43,6 +43,18 @@ def _int4_product(x: torch.Tensor, packed, group_size: int, scales_and_zeros) ->
     return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_and_zeros)
 
 
+def _register_int4_buffers(layer: nn.Module, rows: int, device) -> None:
+    """Empty `packed` (the CPU kernel's layout) and `scales_and_zeros` for `rows` output rows
+    (a multiple of 16) of `layer.in_features` columns in groups of `layer.group_size`."""
+    columns, groups = layer.in_features, layer.in_features // layer.group_size
+    layer.register_buffer(
+        "packed", torch.empty(rows, columns // 2, dtype=torch.uint8, device=device)
+    )
+    layer.register_buffer(
+        "scales_and_zeros", torch.empty(groups, rows, 2, dtype=COMPUTE_DTYPE, device=device)
+    )
+
+
 class _WeightOnlyLinear(nn.Module):
     """What the int8 and int4 layers share: sizes, an optional bfloat16 bias, the output shape."""
 
@@ -115,14 +127,7 @@ class Int4Linear(_WeightOnlyLinear):
         if group_size not in INT4_GROUP_SIZES:
             raise ConfigError(f"int4 group_size={group_size}; expected one of {INT4_GROUP_SIZES}")
         self.group_size = group_size
-        padded = -(-out_features // 16) * 16
-        self.register_buffer(
-            "packed", torch.empty(padded, in_features // 2, dtype=torch.uint8, device=device)
-        )
-        self.register_buffer(
-            "scales_and_zeros",
-            torch.empty(in_features // group_size, padded, 2, dtype=COMPUTE_DTYPE, device=device),
-        )
+        _register_int4_buffers(self, -(-out_features // 16) * 16, device)
 
     @classmethod
     def from_float(
@@ -169,16 +174,7 @@ class Int8ViaInt4Linear(_WeightOnlyLinear):
             )
         self.group_size = fitting[-1]
         self.half = -(-out_features // 16) * 16  # rows of each half, padded as the kernel needs
-        self.register_buffer(
-            "packed",
-            torch.empty(2 * self.half, in_features // 2, dtype=torch.uint8, device=device),
-        )
-        self.register_buffer(
-            "scales_and_zeros",
-            torch.empty(
-                in_features // self.group_size, 2 * self.half, 2, dtype=COMPUTE_DTYPE, device=device
-            ),
-        )
+        _register_int4_buffers(self, 2 * self.half, device)
 
     @classmethod
     def from_int8(

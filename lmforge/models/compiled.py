@@ -145,7 +145,6 @@ class CompiledDecoder:
     def _load(self, layout: tuple):
         """The library for `layout` from the disk cache, compiled first if it is not there (or
         if the cached file does not load: a damaged file is replaced, not trusted)."""
-        step = _DecodeStep(self.model, padded=layout[-1])
         path = self.library_path(layout)
         device = torch.device(layout[3])
         device_index = -1 if device.type == "cpu" else (device.index or 0)
@@ -156,7 +155,7 @@ class CompiledDecoder:
                 )
             except RuntimeError:
                 path.unlink(missing_ok=True)
-        _compile(step, self._state, layout, path)
+        _compile(_DecodeStep(self.model, padded=layout[-1]), self._state, layout, path)
         return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
 
 
