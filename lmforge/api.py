@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
+from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
@@ -117,6 +118,7 @@ class LM:
                 "tokenizer": type(self.tokenizer.backend.model).__name__,
                 "eos ids": self.tokenizer.eos_ids,
                 "dtype": str(self.model.dtype).replace("torch.", ""),
+                "device": str(model_device(self.model)),
             }
         return {
             "source": str(self.source),
@@ -138,6 +140,7 @@ class LM:
             "chat template": bool(self.tokenizer.chat_template),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "quantization (runtime)": quantized_mode(self.model),
+            "device": str(model_device(self.model)),
         }
 
 
@@ -182,6 +185,7 @@ def load(
     quantize: str = "none",
     group_size: int = 32,
     compile: bool = False,
+    device: str | torch.device = "cpu",
 ) -> LM:
     """Load a known model name, a GGUF file or a Hugging Face directory.
 
@@ -189,7 +193,10 @@ def load(
     quantisation, activations in bfloat16; int4 groups `group_size` input columns).
     compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models):
     faster tokens after a one-off compile of about a minute, cached on disk and loaded in
-    milliseconds by later processes (see `lmforge.models.compiled`)."""
+    milliseconds by later processes (see `lmforge.models.compiled`).
+    device: "cpu", "cuda", "cuda:N", "mps" or "auto" (a CUDA GPU when PyTorch sees one); the
+    weights are read on the CPU, then moved (int4 weights are repacked for CUDA's kernel)."""
+    target = resolve_device(device)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ConfigError(
@@ -197,6 +204,8 @@ def load(
             )
         dtype = _DTYPES[dtype]
     checkpoint = load_checkpoint(name_or_path, dtype, quantize, group_size)
+    if target.type != "cpu":
+        checkpoint.model.to(target)
     if compile:
         _compile_decode(checkpoint.model)
     return LM(

@@ -29,6 +29,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     _add_quantize_args(parser)
     _add_compile_arg(parser)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu (default), cuda, cuda:N, mps, or auto (a CUDA GPU when "
+        "PyTorch sees one)",
+    )
 
 
 def _add_compile_arg(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +153,8 @@ def _load(args: argparse.Namespace):
         dtype=args.dtype,
         quantize=args.quantize,
         group_size=args.group_size,
-        compile=getattr(args, "compile", False),  # `info` has no --compile
+        compile=getattr(args, "compile", False),  # `info` has no --compile or --device
+        device=getattr(args, "device", "cpu"),
     )
 
 
@@ -158,7 +165,11 @@ def _with_draft(args: argparse.Namespace, options: dict) -> dict:
     from lmforge.api import load
 
     draft = load(
-        args.draft_model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+        args.draft_model,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        device=args.device,
     )
     return {**options, "draft_model": draft}
 

@@ -5,8 +5,10 @@ set by how many bytes of weights it streams from memory. These layers keep weigh
 (one scale per output row) or int4 (a scale and zero point per group of input columns) and
 multiply with PyTorch's own weight-only kernels (`aten._weight_int8pack_mm`,
 `aten._weight_int4pack_mm_for_cpu`), which unpack weights in registers. Activations run in
-bfloat16: those kernels are fast only there. On other devices int8 layers dequantise and call
-`F.linear` (the same numbers); int4 is packed for the CPU kernel only.
+bfloat16: those kernels are fast only there. On a CUDA GPU int4 layers use tinygemm
+(`aten._weight_int4pack_mm`, the same (scale, zero) convention in its own packed layout: moving
+a layer between devices repacks it), and int8 layers dequantise and call `F.linear` (the same
+numbers).
 
 Modes: "none" (unchanged), "bf16" (cast), "int8" (every linear and the embedding int8),
 "int4" (block linears int4, embedding and output head int8, as llama.cpp's Q4 files do; the
@@ -32,27 +34,13 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).to(COMPUTE_DTYPE)
 
 
-def _int4_product(x: torch.Tensor, packed, group_size: int, scales_and_zeros) -> torch.Tensor:
-    """(rows, padded out) = x's rows times int4 weights in the CPU kernel's packed layout."""
-    rows = _rows_2d(x)
-    if rows.device.type != "cpu":
-        raise ConfigError(
-            "int4 weights are packed for PyTorch's CPU kernel; on another device use "
-            "quantize='int8' or 'bf16'"
+def _int4_matmul(rows: torch.Tensor, packed, group_size: int, scales_and_zeros) -> torch.Tensor:
+    """(rows, padded out) = bfloat16 rows times int4 weights packed for the rows' device."""
+    if rows.device.type == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows, packed, group_size, scales_and_zeros
         )
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scales_and_zeros)
-
-
-def _register_int4_buffers(layer: nn.Module, rows: int, device) -> None:
-    """Empty `packed` (the CPU kernel's layout) and `scales_and_zeros` for `rows` output rows
-    (a multiple of 16) of `layer.in_features` columns in groups of `layer.group_size`."""
-    columns, groups = layer.in_features, layer.in_features // layer.group_size
-    layer.register_buffer(
-        "packed", torch.empty(rows, columns // 2, dtype=torch.uint8, device=device)
-    )
-    layer.register_buffer(
-        "scales_and_zeros", torch.empty(groups, rows, 2, dtype=COMPUTE_DTYPE, device=device)
-    )
+    return torch.ops.aten._weight_int4pack_mm(rows, packed, group_size, scales_and_zeros)
 
 
 class _WeightOnlyLinear(nn.Module):
@@ -79,6 +67,50 @@ class _WeightOnlyLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class _Int4PackedLinear(_WeightOnlyLinear):
+    """What the int4 layers share: `packed` weights in the layout of the kernel of the device
+    they are on, and `scales_and_zeros` (groups, rows, 2). A move to another kind of device
+    (`.to("cuda")`, `.cpu()`) repacks the weights for that device's kernel."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, group_size: int, rows: int, device
+    ):
+        super().__init__(in_features, out_features, bias, device)
+        self.group_size = group_size
+        # `rows` output rows (a multiple of 16), in the CPU kernel's layout until moved.
+        self.register_buffer(
+            "packed", torch.empty(rows, in_features // 2, dtype=torch.uint8, device=device)
+        )
+        self.register_buffer(
+            "scales_and_zeros",
+            torch.empty(in_features // group_size, rows, 2, dtype=COMPUTE_DTYPE, device=device),
+        )
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, padded out) = x's rows times the int4 weights."""
+        return _int4_matmul(_rows_2d(x), self.packed, self.group_size, self.scales_and_zeros)
+
+    def int4_codes(self) -> torch.Tensor:
+        """The (rows, in) int4 codes in [0, 15], read back through the kernel itself: the
+        identity times the weights with scale 1 and zero 0 is exactly q - 8, whatever the
+        kernel's internal layout."""
+        eye = torch.eye(self.in_features, dtype=COMPUTE_DTYPE, device=self.packed.device)
+        unit = torch.zeros_like(self.scales_and_zeros)
+        unit[..., 0] = 1
+        minus_eight = _int4_matmul(eye, self.packed, self.group_size, unit)
+        return (minus_eight.t().to(torch.int32) + 8).contiguous()
+
+    def _apply(self, fn, recurse: bool = True):
+        source = self.packed.device
+        target = fn(torch.empty(0, dtype=torch.uint8, device=source)).device
+        if target.type == source.type or "meta" in (source.type, target.type):
+            return super()._apply(fn, recurse)
+        codes = self.int4_codes()
+        super()._apply(fn, recurse)
+        self.packed = pack_int4(codes.to(target))
+        return self
 
 
 class Int8Linear(_WeightOnlyLinear):
@@ -112,7 +144,7 @@ class Int8Linear(_WeightOnlyLinear):
         return self._output(y, x)
 
 
-class Int4Linear(_WeightOnlyLinear):
+class Int4Linear(_Int4PackedLinear):
     """Group-wise asymmetric int4: w = (q - 8) * scale + zero, one (scale, zero) per `group_size`
     input columns of each output row (the layout of PyTorch's tinygemm kernels).
 
@@ -123,11 +155,10 @@ class Int4Linear(_WeightOnlyLinear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, group_size: int, device=None
     ):
-        super().__init__(in_features, out_features, bias, device)
         if group_size not in INT4_GROUP_SIZES:
             raise ConfigError(f"int4 group_size={group_size}; expected one of {INT4_GROUP_SIZES}")
-        self.group_size = group_size
-        _register_int4_buffers(self, -(-out_features // 16) * 16, device)
+        rows = -(-out_features // 16) * 16
+        super().__init__(in_features, out_features, bias, group_size, rows, device)
 
     @classmethod
     def from_float(
@@ -146,12 +177,10 @@ class Int4Linear(_WeightOnlyLinear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._output(
-            _int4_product(x, self.packed, self.group_size, self.scales_and_zeros), x
-        )
+        return self._output(self._product(x), x)
 
 
-class Int8ViaInt4Linear(_WeightOnlyLinear):
+class Int8ViaInt4Linear(_Int4PackedLinear):
     """Int8 weights (one scale per output row, as `Int8Linear`) multiplied by the int4 kernel.
 
     Each int8 q splits into two nibbles, q = 16 * high + low (high in [-8, 7], low in [0, 15]),
@@ -165,16 +194,15 @@ class Int8ViaInt4Linear(_WeightOnlyLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
-        super().__init__(in_features, out_features, bias, device)
         # One scale per row: any group size that divides the row will do; the widest is smallest.
         fitting = [g for g in INT4_GROUP_SIZES if in_features % g == 0]
         if not fitting:
             raise ConfigError(
                 f"int4 kernels need the input features ({in_features}) to be a multiple of 32"
             )
-        self.group_size = fitting[-1]
-        self.half = -(-out_features // 16) * 16  # rows of each half, padded as the kernel needs
-        _register_int4_buffers(self, 2 * self.half, device)
+        half = -(-out_features // 16) * 16  # rows of each half, padded as the kernel needs
+        super().__init__(in_features, out_features, bias, fitting[-1], 2 * half, device)
+        self.half = half
 
     @classmethod
     def from_int8(
@@ -204,7 +232,7 @@ class Int8ViaInt4Linear(_WeightOnlyLinear):
         return cls.from_int8(*quantize_int8_rows(weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _int4_product(x, self.packed, self.group_size, self.scales_and_zeros)
+        y = self._product(x)
         # Summed in float32 and rounded once (as inductor does when it fuses this add).
         y = (y[:, : self.half].float() + y[:, self.half :].float()).to(COMPUTE_DTYPE)
         return self._output(y, x)
@@ -265,8 +293,25 @@ def quantize_int4_groups(weight: torch.Tensor, group_size: int):
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """q (out, in) int32 in [0, 15] -> the CPU kernel's packed layout (out, in / 2) uint8."""
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 2)
+    """q (out, in) int32 in [0, 15] -> the packed layout of the kernel of q's device: the CPU
+    kernel's (out, in / 2) uint8, or tinygemm's tiles on a CUDA GPU (compute capability 8.0+)."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 2)
+    if q.device.type != "cuda":
+        raise ConfigError(
+            f"int4 weights run on CPUs and CUDA GPUs, not on {q.device.type}; "
+            "use quantize='int8' or 'bf16' there"
+        )
+    if torch.cuda.get_device_capability(q.device) < (8, 0):
+        raise ConfigError(
+            f"int4 on CUDA needs compute capability 8.0 or newer (Ampere); {q.device} has "
+            f"{torch.cuda.get_device_capability(q.device)}: use quantize='int8' or 'bf16'"
+        )
+    # tinygemm takes two codes per byte, even columns in the high nibble, and tiles the input
+    # dimension by 16 x inner_k_tiles.
+    pairs = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+    inner_k_tiles = next(t for t in (8, 4, 2) if q.shape[1] % (16 * t) == 0)
+    return torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), inner_k_tiles)
 
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:

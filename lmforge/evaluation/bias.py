@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 
 CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
@@ -40,7 +41,7 @@ def sentence_logprob(lm, text: str) -> tuple[float, int]:
     ids = lm.tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise ConfigError(f"sentence {text!r} has no tokens")
-    tokens = torch.tensor([[start_token(lm.tokenizer), *ids]])
+    tokens = torch.tensor([[start_token(lm.tokenizer), *ids]], device=model_device(lm.model))
     logits, _ = lm.model(tokens)
     log_probs = F.log_softmax(logits[0, :-1].float(), dim=-1)
     return float(log_probs.gather(1, tokens[0, 1:, None]).sum()), len(ids)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 
 VIEWS = ("surprisal", "attention", "lens", "states")
@@ -69,7 +70,7 @@ def analyse(lm, text: str, views: tuple[str, ...] | None = None, top_k: int = 5)
     limit = min(MAX_TOKENS, getattr(model.config, "max_seq_len", MAX_TOKENS) - 1)
     if len(ids) > limit:
         raise ConfigError(f"the text is {len(ids)} tokens; explain takes at most {limit}")
-    tokens = torch.tensor([[start_token(tokenizer), *ids]])
+    tokens = torch.tensor([[start_token(tokenizer), *ids]], device=model_device(model))
     model.eval()
     attentions, hidden = None, None
     if isinstance(model, GPT):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.models.rnn import is_stateful
 
@@ -85,7 +86,7 @@ def token_nll(
     model.eval()
     if is_stateful(model):  # one pass, state carried across chunks
         chunk, state, losses = context or 1024, None, []
-        tokens = torch.tensor([ids])
+        tokens = torch.tensor([ids], device=model_device(model))
         for start in range(0, len(ids) - 1, chunk):
             x = tokens[:, start : start + chunk]
             y = tokens[:, start + 1 : start + chunk + 1]
@@ -100,7 +101,7 @@ def token_nll(
         )
     if not 1 <= stride <= context:
         raise ConfigError(f"stride={stride} must be between 1 and context={context}")
-    tokens = torch.tensor([ids])
+    tokens = torch.tensor([ids], device=model_device(model))
     losses, scored_until = [], 1  # position 0 is never a target
     for begin in range(0, len(ids), stride):
         end = min(begin + context, len(ids))
@@ -164,7 +165,7 @@ def score_chunks(
     model.eval()
     total, count, state = 0.0, 0, None
     stateful = is_stateful(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     for x, y, first in eval_chunks(tokens, block_size, batch_size):
         x, y = x.to(device), y.to(device)
         if first or not stateful:

@@ -28,8 +28,8 @@ class LogitBias:
     """Add a fixed bias to chosen token ids (OpenAI's `logit_bias`)."""
 
     def __init__(self, bias: dict[int, float], vocab_size: int):
-        self.ids = torch.tensor(list(bias), dtype=torch.long)
-        self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
+        self.ids = torch.tensor(list(bias), dtype=torch.long, device="cpu")
+        self.values = torch.tensor(list(bias.values()), dtype=torch.float32, device="cpu")
         if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= vocab_size):
             from lmforge.errors import ConfigError
 
@@ -37,7 +37,8 @@ class LogitBias:
 
     def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.clone()
-        scores[:, self.ids] += self.values.to(scores.dtype)
+        ids = self.ids.to(scores.device)
+        scores[:, ids] += self.values.to(scores.device, scores.dtype)
         return scores
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.processors import History, apply_processors, build_processors
@@ -78,15 +79,16 @@ def prepare_prompts(
     return prepared
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int):
+def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device):
+    """(tokens, mask, positions) of left-padded prompts, built on the CPU and moved at once."""
     length = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    tokens = torch.full((len(prompts), length), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(prompts), length), dtype=torch.bool, device="cpu")
     for row, ids in enumerate(prompts):
-        tokens[row, length - len(ids) :] = torch.tensor(ids)
+        tokens[row, length - len(ids) :] = torch.tensor(ids, device="cpu")
         mask[row, length - len(ids) :] = True
     positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    return tokens, mask, positions
+    return tokens.to(device), mask.to(device), positions.to(device)
 
 
 def _max_new(prompts: list[list[int]], context: int, config: GenerationConfig) -> int:
@@ -120,6 +122,11 @@ def token_event(
         elif last:
             reason, text = "length", text + assembler.finish()
     return StreamEvent(row, token, logprob, text, top, reason)
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """The random stream sampling draws from: seeded on the model's device, or torch's global one."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def eos_ids(tokenizer: Tokenizer, config: GenerationConfig) -> set[int]:
@@ -167,11 +174,14 @@ def _stream_prepared(
     max_new = config.max_new_tokens if slide else _max_new(prompts, context, config)
     eos = eos_ids(tokenizer, config)
     steps = build_processors(config, model.config.vocab_size)
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    device = model_device(model)
+    generator = seeded_generator(config.seed, device)
 
-    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id)
+    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id, device)
     prompt_len = tokens.shape[1]
-    history_tokens = torch.full((rows, prompt_len + max_new), tokenizer.pad_id, dtype=torch.long)
+    history_tokens = torch.full(
+        (rows, prompt_len + max_new), tokenizer.pad_id, dtype=torch.long, device=device
+    )
     history_valid = torch.zeros_like(history_tokens, dtype=torch.bool)
     history_tokens[:, :prompt_len], history_valid[:, :prompt_len] = tokens, mask
     assemblers = [TextAssembler(tokenizer, config.stop) for _ in range(rows)]
@@ -274,29 +284,30 @@ def beam_search(
     )
     steps = build_processors(config, model.config.vocab_size)
 
-    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id)
+    device = model_device(model)
+    tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id, device)
     prompt_len = tokens.shape[1]
     max_length = prompt_len + max_new
     expand = lambda t: t.repeat_interleave(beams, dim=0)  # noqa: E731
     tokens, mask, positions = expand(tokens), expand(mask), expand(positions)
 
     pad = tokenizer.pad_id
-    running = torch.full((batch, beams, max_length), pad, dtype=torch.long)
+    running = torch.full((batch, beams, max_length), pad, dtype=torch.long, device=device)
     running[:, :, :prompt_len] = tokens.view(batch, beams, prompt_len)
-    valid = torch.zeros((batch, beams, max_length), dtype=torch.bool)
+    valid = torch.zeros((batch, beams, max_length), dtype=torch.bool, device=device)
     valid[:, :, :prompt_len] = mask.view(batch, beams, prompt_len)
-    running_scores = torch.zeros(batch, beams)
+    running_scores = torch.zeros(batch, beams, device=device)
     running_scores[:, 1:] = -1e9
-    running_lp = torch.zeros(batch, beams, max(max_new, 1))
+    running_lp = torch.zeros(batch, beams, max(max_new, 1), device=device)
     sequences, seq_lp = running.clone(), running_lp.clone()
-    beam_scores = torch.full((batch, beams), -1e9)
-    lengths = torch.zeros((batch, beams), dtype=torch.long)
-    finished = torch.zeros((batch, beams), dtype=torch.bool)
-    improvable = torch.ones((batch, 1), dtype=torch.bool)
+    beam_scores = torch.full((batch, beams), -1e9, device=device)
+    lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
+    finished = torch.zeros((batch, beams), dtype=torch.bool, device=device)
+    improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     keep = max(2, 1 + len(eos_ids)) * beams
-    top_mask = torch.arange(keep) < beams
-    eos_tensor = torch.tensor(eos_ids, dtype=torch.long)
-    batch_offset = torch.arange(batch)[:, None] * beams
+    top_mask = torch.arange(keep, device=device) < beams
+    eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    batch_offset = torch.arange(batch, device=device)[:, None] * beams
 
     cache = model.new_cache(batch * beams, max_length)
     padded = not bool(mask.all())
@@ -350,7 +361,9 @@ def beam_search(
         seq_lp = torch.cat((seq_lp, cand_lp), dim=1).gather(
             1, best[:, :, None].expand(-1, -1, seq_lp.shape[2])
         )
-        new_lengths = torch.full((batch, keep), cur_len + 1 - prompt_len, dtype=torch.long)
+        new_lengths = torch.full(
+            (batch, keep), cur_len + 1 - prompt_len, dtype=torch.long, device=device
+        )
         lengths = torch.cat((lengths, new_lengths), dim=1).gather(1, best)
         finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
         beam_scores = merged_scores.gather(1, best)
@@ -362,9 +375,7 @@ def beam_search(
         else:
             best_length = cur_len - prompt_len
         best_running = running_scores[:, :1] / (best_length**config.length_penalty)
-        worst_final = torch.where(
-            finished, beam_scores.min(dim=1, keepdim=True).values, torch.tensor(-1e9)
-        )
+        worst_final = torch.where(finished, beam_scores.min(dim=1, keepdim=True).values, -1e9)
         improvable = improvable & (best_running > worst_final).any(dim=-1, keepdim=True)
         keep_going = bool(improvable.any()) and not (
             bool(finished.all()) and config.early_stopping is True

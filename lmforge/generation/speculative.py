@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.processors import History, apply_processors, build_processors
@@ -46,6 +47,7 @@ class DraftModelDrafter:
     def __init__(self, model, max_len: int):
         self.model = model
         self.cache = model.new_cache(1, min(max_len, model.max_seq_len))
+        self.device = model_device(model)
         self.cached: list[int] = []  # the tokens whose keys/values are in the cache
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
@@ -62,7 +64,9 @@ class DraftModelDrafter:
         feed = tokens[common:]
         draft = []
         for _ in range(k):
-            logits, _ = self.model(torch.tensor([feed]), self.cache, last_only=True)
+            logits, _ = self.model(
+                torch.tensor([feed], device=self.device), self.cache, last_only=True
+            )
             feed = [int(logits[0, -1].argmax())]
             draft.append(feed[0])
         self.cached = tokens + draft[:-1]
@@ -112,19 +116,21 @@ def _one_sequence(model, tokenizer, row, prompt, max_new, k, config, drafter):
     assembler = TextAssembler(tokenizer, config.stop)
     cache = model.new_cache(1, min(len(prompt) + max_new + k, model.max_seq_len))
     tokens = list(prompt)
-    logits, cache = model(torch.tensor([prompt[:-1]]), cache) if len(prompt) > 1 else (None, cache)
+    device = model_device(model)
+    if len(prompt) > 1:
+        _, cache = model(torch.tensor([prompt[:-1]], device=device), cache)
     generated = 0
     while True:
         room = min(k, max_new - generated - 1, cache.max_len - len(tokens))
         draft = drafter.propose(tokens, room) if room > 0 else []
         start = cache.length
-        logits, cache = model(torch.tensor([tokens[-1:] + draft]), cache)
+        logits, cache = model(torch.tensor([tokens[-1:] + draft], device=device), cache)
         log_probs = torch.log_softmax(logits[0].float(), dim=-1)
         accepted = 0
         for i in range(len(draft) + 1):
             scores = logits[0, i : i + 1].float()
             if steps:  # the history tensor is only built when a processor reads it
-                history = torch.tensor([tokens])
+                history = torch.tensor([tokens], device=device)
                 valid = torch.ones_like(history, dtype=torch.bool)
                 scores = apply_processors(steps, History(history, valid, len(prompt)), scores)
             token = int(scores.argmax())

@@ -353,8 +353,14 @@ class GPT(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
-        to bfloat16 they would rotate late positions by visibly wrong angles."""
+        to bfloat16 they would rotate late positions by visibly wrong angles. A tied quantised
+        head shares the embedding's buffers again after a move (buffers move one by one)."""
+        tied = self.head_reads_embedding()
         super()._apply(fn, recurse)
+        if tied and not self.head_reads_embedding():
+            from lmforge.quantize import retie
+
+            retie(self)
         if self.config.position == "rope":
             self.inv_freq = rope_inverse_frequencies(self.config).to(self.norm.weight.device)
         return self

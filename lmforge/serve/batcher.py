@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.generation.processors import History, apply_processors, build_processors
-from lmforge.generation.search import StreamEvent, _top, eos_ids, token_event
+from lmforge.generation.search import StreamEvent, _top, eos_ids, seeded_generator, token_event
 from lmforge.generation.stream import TextAssembler
 from lmforge.serve.rows import row_store
 
@@ -186,7 +186,7 @@ class Batcher:
             prompt_len=len(prompt),
             config=config,
             processors=build_processors(config, self.model.config.vocab_size),
-            generator=None if seed is None else torch.Generator().manual_seed(seed),
+            generator=seeded_generator(seed, self.store.device),
             assembler=TextAssembler(self.lm.tokenizer, config.stop),
             eos=eos_ids(self.lm.tokenizer, config),
             logits=logits.float(),
@@ -213,7 +213,7 @@ class Batcher:
                 continue
             scores = row.logits[None]
             if row.processors:  # the history tensor is only built when a processor reads it
-                history = torch.tensor([row.tokens])
+                history = torch.tensor([row.tokens], device=self.store.device)
                 valid = torch.ones_like(history, dtype=torch.bool)
                 scores = apply_processors(
                     row.processors, History(history, valid, row.prompt_len), scores

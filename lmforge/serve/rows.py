@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.device import model_device
+
 
 class KVRows:
     """Rows of one KV cache sharing a timeline: a new prompt is prefilled alone and copied so it
@@ -21,7 +23,7 @@ class KVRows:
     reaches the cache's end or when the slots no running row needs are over half of it."""
 
     def __init__(self, model, max_batch: int, cache_len: int):
-        self.model = model
+        self.model, self.device = model, model_device(model)
         self.cache = model.new_cache(max_batch, min(cache_len, model.max_seq_len))
         self.cache.valid.zero_()
         self.starts: dict[int, int] = {}  # row -> slot of its first prompt token
@@ -33,7 +35,9 @@ class KVRows:
 
     def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
         alone = self.model.new_cache(1, len(prompt))
-        logits, alone = self.model(torch.tensor([prompt]), alone, last_only=True)
+        logits, alone = self.model(
+            torch.tensor([prompt], device=self.device), alone, last_only=True
+        )
         cache, length = self.cache, len(prompt)
         if length > cache.length:
             self._shift(length - cache.length)
@@ -79,13 +83,17 @@ class KVRows:
         if cache.length == cache.max_len:  # shift left past slots no running row needs
             self._shift(-min(self.starts[i] for i in histories))
         busy = max(histories) + 1  # rows are taken lowest first: [0, busy) holds every one
-        tokens = torch.full((busy, 1), pad_id, dtype=torch.long)
-        positions = torch.zeros((busy, 1), dtype=torch.long)
-        mask = torch.zeros((busy, 1), dtype=torch.bool)
+        tokens, positions, mask = [pad_id] * busy, [0] * busy, [False] * busy
         for i, history in histories.items():
-            tokens[i, 0], positions[i, 0], mask[i, 0] = history[-1], len(history) - 1, True
+            tokens[i], positions[i], mask[i] = history[-1], len(history) - 1, True
         view = cache.first_rows(busy)
-        logits, _ = self.model(tokens, view, positions, mask, last_only=True)
+        logits, _ = self.model(
+            torch.tensor(tokens, device=self.device)[:, None],
+            view,
+            torch.tensor(positions, device=self.device)[:, None],
+            torch.tensor(mask, device=self.device)[:, None],
+            last_only=True,
+        )
         cache.length = view.length
         return {i: logits[i, -1] for i in histories}
 
@@ -94,13 +102,13 @@ class StateRows:
     """One recurrent state per row: a step feeds every busy row its newest token."""
 
     def __init__(self, model, max_batch: int, cache_len: int):
-        self.model = model
+        self.model, self.device = model, model_device(model)
         self.state = model.new_cache(max_batch)
         self.capacity = cache_len
         self.shifts = 0
 
     def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
-        logits, alone = self.model(torch.tensor([prompt]), None, last_only=True)
+        logits, alone = self.model(torch.tensor([prompt], device=self.device), None, last_only=True)
         parts = alone.hidden if isinstance(alone.hidden, tuple) else (alone.hidden,)
         mine = self.state.hidden if isinstance(self.state.hidden, tuple) else (self.state.hidden,)
         for target, source in zip(mine, parts, strict=True):
@@ -114,9 +122,10 @@ class StateRows:
         from lmforge.models.rnn import RNNState
 
         busy = max(histories) + 1
-        tokens = torch.full((busy, 1), pad_id, dtype=torch.long)
+        ids = [pad_id] * busy
         for i, history in histories.items():
-            tokens[i, 0] = history[-1]
+            ids[i] = history[-1]
+        tokens = torch.tensor(ids, device=self.device)[:, None]
         hidden = self.state.hidden
         view = RNNState(tuple(t[:, :busy] for t in hidden) if isinstance(hidden, tuple) else hidden[:, :busy])  # fmt: skip
         logits, view = self.model(tokens, view, last_only=True)
@@ -131,13 +140,14 @@ class WindowRows:
     """Cache-free models: every step runs each busy row's recent tokens, left-padded together."""
 
     def __init__(self, model, max_batch: int, cache_len: int):
-        self.model = model
+        self.model, self.device = model, model_device(model)
         self.capacity = cache_len
         self.window = model.config.max_seq_len
         self.shifts = 0
 
     def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
-        logits, _ = self.model(torch.tensor([prompt[-self.window :]]), None, last_only=True)
+        window = torch.tensor([prompt[-self.window :]], device=self.device)
+        logits, _ = self.model(window, None, last_only=True)
         return logits[0, -1]
 
     def free(self, index: int) -> None:
@@ -147,12 +157,14 @@ class WindowRows:
         order = list(histories)
         windows = [histories[i][-self.window :] for i in order]
         width = max(map(len, windows))
-        tokens = torch.full((len(order), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(order), width), dtype=torch.bool)
-        for row, ids in enumerate(windows):
-            tokens[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = True
-        logits, _ = self.model(tokens, None, mask=mask, last_only=True)
+        tokens = [[pad_id] * (width - len(ids)) + ids for ids in windows]
+        mask = [[False] * (width - len(ids)) + [True] * len(ids) for ids in windows]
+        logits, _ = self.model(
+            torch.tensor(tokens, device=self.device),
+            None,
+            mask=torch.tensor(mask, device=self.device),
+            last_only=True,
+        )
         return {i: logits[row, -1] for row, i in enumerate(order)}
 
 
