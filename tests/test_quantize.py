@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import lmforge
+from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.quantize import (
     Int4Linear,
@@ -18,6 +19,8 @@ from lmforge.quantize import (
 )
 
 bf16 = torch.bfloat16
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _dequantized_int4(weight, group_size):
@@ -141,8 +144,8 @@ def _hamlet_ids(tokenizer, n=1000):
 
 def _mean_nll(lm, ids):
     with torch.no_grad():
-        logits = lm.model(torch.tensor([ids]))[0][0].float()
-    return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
+        logits = lm.model(torch.tensor([ids], device=model_device(lm.model)))[0][0].float()
+    return torch.nn.functional.cross_entropy(logits[:-1].cpu(), torch.tensor(ids[1:])).item()
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +168,12 @@ def _standard_prompts(lm) -> list[list[int]]:
     ]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
-def test_quantised_smollm_quality(smollm, smollm_path, hamlet_nll_fp32, mode):
+def test_quantised_smollm_quality(smollm, smollm_path, hamlet_nll_fp32, mode, device):
+    """Each mode against fp32 on the CPU; on a GPU too (where int4 runs through tinygemm)."""
     ids, fp32 = hamlet_nll_fp32
-    lm = lmforge.load(smollm_path, quantize=mode)
+    lm = lmforge.load(smollm_path, quantize=mode, device=device)
     assert abs(_mean_nll(lm, ids) - fp32) < 0.02
     # Along fp32's greedy continuation of each standard prompt, the quantised model picks the
     # same next token wherever fp32 is not at a near-tie (top-2 gap >= 0.2 nats). At a near-tie
@@ -179,13 +184,13 @@ def test_quantised_smollm_quality(smollm, smollm_path, hamlet_nll_fp32, mode):
         x = torch.tensor([path])
         with torch.no_grad():
             expected = smollm.model(x)[0][0, len(prompt) - 1 : -1].float()
-            got = lm.model(x)[0][0, len(prompt) - 1 : -1].float()
+            got = lm.model(x.to(device))[0][0, len(prompt) - 1 : -1].float().cpu()
         top2 = expected.topk(2).values
         clear = top2[:, 0] - top2[:, 1] >= 0.2
         assert torch.equal(got.argmax(-1)[clear], expected.argmax(-1)[clear])
         compared += int(clear.sum())
     assert compared >= 60  # of 80 positions
-    again = lmforge.load(smollm_path, quantize=mode)  # from the quantised cache entry
-    x = torch.tensor([ids[:64]])
+    again = lmforge.load(smollm_path, quantize=mode, device=device)  # from the quantised cache
+    x = torch.tensor([ids[:64]], device=device)
     with torch.no_grad():
         assert torch.equal(again.model(x)[0], lm.model(x)[0])
