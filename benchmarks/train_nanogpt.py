@@ -15,13 +15,17 @@ them. So lmforge runs twice: the nanoGPT model (no biases; the loss target) and 
 
 With several seeds, the columns train in a rotated order from seed to seed and a summary gives
 each column's validation loss and time ratio over the seeds: one seed's loss moves by about
-0.02 from seed to seed, as much as the gap to nanoGPT's reported 1.88.
+0.02 from seed to seed, as much as the gap to nanoGPT's reported 1.88. Each column trains in a
+fresh process, so nothing process-wide (lmforge's allocator setting, thread pools, memory a
+column left behind) carries over to the next.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import math
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -129,23 +133,35 @@ def run_lmforge(config: TrainConfig, splits):
 COLUMNS = ("lmforge nanoGPT", "lmforge GPT-2", "transformers")
 
 
-def run_seed(seed: int, steps: int, splits, tokenizer, order: list[str]) -> dict[str, dict]:
-    """Train the three columns with one seed, in `order` (rotated from seed to seed, so the
-    machine's drift does not always land on the same column)."""
-    results = {}
-    for name in order:
-        if name == "transformers":
-            ms, val, estimate, params = transformers_loop(
-                nanogpt_config(steps, True, seed), splits, tokenizer
-            )
-            results[name] = dict(ms=ms, val=val, estimate=estimate, params=params)
-            continue
-        config = nanogpt_config(steps, name == "lmforge GPT-2", seed)
-        result, params, estimate, sample = run_lmforge(config, splits)
-        val = result.evaluations[-1]["val_loss"]
-        results[name] = dict(
-            ms=result.ms_per_step, val=val, estimate=estimate, params=params, sample=sample
+def characters():
+    """nanoGPT's data: the character tokenizer and the 90/10 split of tiny Shakespeare."""
+    tokenizer = train_char_tokenizer([DATA.read_text()], byte_fallback=False)
+    return tokenizer, split_tokens(tokenize_corpus(Corpus(str(DATA)), tokenizer), 0.1, 0.0)
+
+
+def run_column(name: str, seed: int, steps: int, threads: int) -> dict:
+    """Train one column with one seed (in the process that calls it)."""
+    torch.set_num_threads(threads)
+    tokenizer, splits = characters()
+    if name == "transformers":
+        ms, val, estimate, params = transformers_loop(
+            nanogpt_config(steps, True, seed), splits, tokenizer
         )
+        return dict(ms=ms, val=val, estimate=estimate, params=params)
+    config = nanogpt_config(steps, name == "lmforge GPT-2", seed)
+    result, params, estimate, sample = run_lmforge(config, splits)
+    val = result.evaluations[-1]["val_loss"]
+    return dict(ms=result.ms_per_step, val=val, estimate=estimate, params=params, sample=sample)
+
+
+def run_seed(seed: int, steps: int, threads: int, order: list[str]) -> dict[str, dict]:
+    """Train the three columns with one seed, each in a fresh process, in `order` (rotated
+    from seed to seed, so the machine's drift does not always land on the same column)."""
+    results = {}
+    spawn = multiprocessing.get_context("spawn")
+    for name in order:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            results[name] = pool.submit(run_column, name, seed, steps, threads).result()
     return results
 
 
@@ -201,16 +217,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.threads < 1:
         raise SystemExit("--steps and --threads must be at least 1")
-    torch.set_num_threads(args.threads)
-
-    tokenizer = train_char_tokenizer([DATA.read_text()], byte_fallback=False)
-    splits = split_tokens(tokenize_corpus(Corpus(str(DATA)), tokenizer), 0.1, 0.0)
+    tokenizer, _ = characters()
     print(f"nanoGPT CPU config, tiny Shakespeare (chars, vocab {tokenizer.vocab_size}), "
           f"{args.steps} iterations, {args.threads} threads")  # fmt: skip
     by_seed = {}
     for index, seed in enumerate(args.seeds):
         order = list(COLUMNS[index % 3 :] + COLUMNS[: index % 3])
-        by_seed[seed] = run_seed(seed, args.steps, splits, tokenizer, order)
+        by_seed[seed] = run_seed(seed, args.steps, args.threads, order)
         print_seed(seed, by_seed[seed])
     if len(by_seed) > 1:
         print_summary(by_seed)

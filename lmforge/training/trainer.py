@@ -28,6 +28,7 @@ from lmforge.evaluation.perplexity import score_chunks
 from lmforge.models.rnn import is_stateful
 from lmforge.tokenizers import Tokenizer
 from lmforge.training import checkpointing
+from lmforge.training.allocator import keep_freed_memory
 from lmforge.training.config import TrainConfig
 from lmforge.training.distributed import setup, teardown
 from lmforge.training.schedule import make_scheduler
@@ -284,6 +285,7 @@ class Trainer:
         from tqdm import tqdm
 
         config, dist = self.config, self.dist
+        keep_freed_memory()  # each step's activations reuse the last step's pages
         writer = self._tensorboard()
         bar = tqdm(
             total=config.steps, initial=self.step, disable=not dist.is_main or None,
