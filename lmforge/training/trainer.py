@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,10 +47,16 @@ class TrainResult:
     stopped_early: bool = False
     train_seconds: float = 0.0  # time in training steps this session (no evaluation, no saving)
     steps_run: int = 0  # steps this session (fewer than `step` after a resume)
+    step_seconds: list[float] = field(default_factory=list)  # each step's time this session
 
     @property
     def ms_per_step(self) -> float:
         return 1000 * self.train_seconds / max(1, self.steps_run)
+
+    @property
+    def median_ms_per_step(self) -> float:
+        """The typical step, unmoved by a slow stretch of a shared machine."""
+        return 1000 * statistics.median(self.step_seconds) if self.step_seconds else 0.0
 
 
 def _autocast(precision: str, device: torch.device):
@@ -293,13 +300,15 @@ class Trainer:
         )  # fmt: skip
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
         stopped_early, train_seconds, first_step = False, 0.0, self.step
+        step_seconds: list[float] = []
         try:
             while self.step < config.steps:
                 started = time.perf_counter()
                 loss = self._train_step()
                 self.train_losses.append(loss)
                 self.step += 1
-                train_seconds += time.perf_counter() - started
+                step_seconds.append(time.perf_counter() - started)
+                train_seconds += step_seconds[-1]
                 speed = tokens_per_step * (self.step - first_step) / max(train_seconds, 1e-9)
                 bar.update(1)
                 if self.step % config.log_interval == 0 or self.step == config.steps:
@@ -319,6 +328,7 @@ class Trainer:
         result = TrainResult(
             self.out, self.step, list(self.train_losses), list(self.evaluations), self.best_val,
             stopped_early, train_seconds, steps_run=self.step - first_step,
+            step_seconds=step_seconds,
         )  # fmt: skip
         teardown()
         return result
