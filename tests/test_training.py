@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -359,7 +360,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 
 @pytest.mark.skipif(
-    sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None, reason="glibc only"
+    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
 def test_training_steps_reuse_freed_memory_instead_of_page_faulting_it_back():
     """nanoGPT's CPU model, a step at a time: with glibc's defaults the freed activations go
