@@ -346,16 +346,15 @@ model = GPT(GPTConfig(vocab_size=65, d_model=128, n_layer=4, n_head=4, max_seq_l
                       position="learned", norm="layernorm", mlp="gelu_exact"))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 x = torch.randint(0, 65, (12, 64))
-def steps(n):
-    for _ in range(n):
-        logits, _ = model(x)
-        F.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-steps(3)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-steps(10)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+faults = []
+for step in range(25):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    logits, _ = model(x)
+    F.cross_entropy(logits.flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults[5:])[10])  # the median step after warm-up
 """
 
 
@@ -372,5 +371,6 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting_it_back():
         )
         assert run.returncode == 0, run.stderr
         faults[mode] = float(run.stdout.split()[-1])
-    assert faults["default"] > 200, faults  # the problem is there to solve
-    assert faults["tuned"] < faults["default"] / 4, faults
+    # Median faults of a step after warm-up; measured 64-1024 with glibc's defaults, 0 tuned.
+    assert faults["default"] >= 32, faults  # the problem is there to solve
+    assert faults["tuned"] <= 4, faults
