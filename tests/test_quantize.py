@@ -194,3 +194,16 @@ def test_quantised_smollm_quality(smollm, smollm_path, hamlet_nll_fp32, mode, de
     x = torch.tensor([ids[:64]], device=device)
     with torch.no_grad():
         assert torch.equal(again.model(x)[0], lm.model(x)[0])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantised_model_refuses_a_float_cast_and_keeps_working(smollm_path, mode):
+    """Its kernels read bfloat16 scales: a cast to float32 would fail deep inside PyTorch at the
+    next forward pass, so it is refused up front, with the model left as it was."""
+    lm = lmforge.load(smollm_path, quantize=mode)
+    expected = lm.generate("Hello", max_new_tokens=4).token_ids
+    for cast in (lambda m: m.to(torch.float32), lambda m: m.half(), lambda m: m.double()):
+        with pytest.raises(ConfigError, match="computes in bfloat16 and cannot be cast"):
+            cast(lm.model)
+    lm.model.to(torch.bfloat16).to("cpu")  # its own dtype and device: allowed
+    assert lm.generate("Hello", max_new_tokens=4).token_ids == expected
