@@ -43,18 +43,23 @@ def _int4_matmul(rows: torch.Tensor, packed, group_size: int, scales_and_zeros) 
     return torch.ops.aten._weight_int4pack_mm(rows, packed, group_size, scales_and_zeros)
 
 
-def _refuse_casts(fn, device: torch.device) -> None:
-    """Quantised layers compute in bfloat16: a cast of the model to another float dtype would
-    break their kernels deep inside PyTorch, so it is refused here with the way out."""
-    cast = fn(torch.empty(0, dtype=COMPUTE_DTYPE, device=device)).dtype
-    if cast != COMPUTE_DTYPE:
-        raise ConfigError(
-            f"a quantised model computes in bfloat16 and cannot be cast to {cast}; load it "
-            "with quantize='none' (and dtype=...) for another dtype"
-        )
+class _BFloat16Module(nn.Module):
+    """A quantised layer: it computes in bfloat16, so a cast of the model to another float
+    dtype (which would break its kernels deep inside PyTorch at the next forward pass) is
+    refused up front, with the way out; moves between devices go through."""
+
+    def _apply(self, fn, recurse: bool = True):
+        device = next(self.buffers()).device
+        cast = fn(torch.empty(0, dtype=COMPUTE_DTYPE, device=device)).dtype
+        if cast != COMPUTE_DTYPE:
+            raise ConfigError(
+                f"a quantised model computes in bfloat16 and cannot be cast to {cast}; load it "
+                "with quantize='none' (and dtype=...) for another dtype"
+            )
+        return super()._apply(fn, recurse)
 
 
-class _WeightOnlyLinear(nn.Module):
+class _WeightOnlyLinear(_BFloat16Module):
     """What the int8 and int4 layers share: sizes, an optional bfloat16 bias, the output shape."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
@@ -63,10 +68,6 @@ class _WeightOnlyLinear(nn.Module):
         self.register_buffer(
             "bias", torch.empty(out_features, dtype=COMPUTE_DTYPE, device=device) if bias else None
         )
-
-    def _apply(self, fn, recurse: bool = True):
-        _refuse_casts(fn, next(self.buffers()).device)
-        return super()._apply(fn, recurse)
 
     @property
     def num_weights(self) -> int:
@@ -253,7 +254,7 @@ class Int8ViaInt4Linear(_Int4PackedLinear):
         return self._output(y, x)
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_BFloat16Module):
     """Token embeddings stored int8 with one scale per token; rows are dequantised on lookup.
 
     Tied output heads share these very tensors through an `Int8Linear` (one copy in memory)."""
@@ -276,10 +277,6 @@ class Int8Embedding(nn.Module):
     @property
     def num_weights(self) -> int:
         return self.weight.numel()
-
-    def _apply(self, fn, recurse: bool = True):
-        _refuse_casts(fn, self.weight.device)
-        return super()._apply(fn, recurse)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight[ids].to(COMPUTE_DTYPE) * self.scales[ids, None]

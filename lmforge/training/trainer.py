@@ -45,9 +45,17 @@ class TrainResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     best_val_loss: float | None = None
     stopped_early: bool = False
-    train_seconds: float = 0.0  # time in training steps this session (no evaluation, no saving)
-    steps_run: int = 0  # steps this session (fewer than `step` after a resume)
-    step_seconds: list[float] = field(default_factory=list)  # each step's time this session
+    # Each training step's time this session (no evaluation, no saving; fewer steps than
+    # `step` after a resume).
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.step_seconds)
 
     @property
     def ms_per_step(self) -> float:
@@ -327,8 +335,7 @@ class Trainer:
                 writer.close()
         result = TrainResult(
             self.out, self.step, list(self.train_losses), list(self.evaluations), self.best_val,
-            stopped_early, train_seconds, steps_run=self.step - first_step,
-            step_seconds=step_seconds,
+            stopped_early, step_seconds,
         )  # fmt: skip
         teardown()
         return result
