@@ -5,32 +5,37 @@ Setting (nanoGPT README, "I only have a macbook"): characters, first 90% train /
 validation, 4 layers, 4 heads, n_embd 128, block 64, batch 12, lr 1e-3 with 100 warmup steps and
 cosine decay to 1e-4 over 2000 iterations, AdamW beta2 0.99, weight decay 0.1, dropout 0, gradient
 clip 1.0. nanoGPT reports validation loss 1.88 after 2000 iterations.
-Targets: our validation loss <= 1.88; our ms/iteration <= 0.8x the transformers loop. Both the
-mean and the median iteration are printed: a shared machine has slow stretches of a minute or
-more (the same code then runs ~30% slower), which move the mean of a run but not its median.
+Targets: our validation loss <= 1.88; our ms/iteration <= 0.8x the transformers loop.
 
-nanoGPT trains this model without biases (its `bias=False` default); GPT2LMHeadModel always has
-them. So lmforge runs twice: the nanoGPT model (no biases; the loss target) and the GPT-2 model
-(biases; the same model as the peer, for the speed ratio).
+Columns: nanoGPT trains this model without biases (its `bias=False` default), GPT2LMHeadModel
+always has them. So lmforge trains the nanoGPT model (no biases; the loss target) and the GPT-2
+model (biases; the peer's very model, for the speed ratio), the latter once eager and once with
+the trainer's `compile=True` (`lmforge train --compile`). The compiled column starts from an empty
+compiler cache, so its first iteration shows a first run's compile; later runs find it cached.
 
-    python benchmarks/train_nanogpt.py [--steps 2000] [--seeds 1337,1,2] [--threads 2]
+    python benchmarks/train_nanogpt.py [--steps 2000] [--seeds 1337,1,2] [--threads 2] [--turn 25]
 
-With several seeds, the columns train in a rotated order from seed to seed and a summary gives
-each column's validation loss and time ratio over the seeds: one seed's loss moves by about
-0.02 from seed to seed, as much as the gap to nanoGPT's reported 1.88. Each column trains in a
-fresh process, so nothing process-wide (lmforge's allocator setting, thread pools, memory a
-column left behind) carries over to the next.
+Each column trains in a fresh process, so nothing process-wide (lmforge's allocator setting,
+thread pools, memory a column left behind) carries over to another. The processes take turns of
+`--turn` iterations, round-robin, the others waiting idle: a shared machine has slow stretches
+of a minute or more (the same code then runs ~30% slower), and taking turns spreads them over
+every column alike instead of over whichever column ran then. Mean and median iterations are
+both printed. With several seeds a summary gives each column's validation loss and time ratio
+over the seeds: one seed's loss moves by about 0.02, as much as the gap to nanoGPT's 1.88.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,7 +63,9 @@ def nanogpt_config(steps: int, bias: bool = False, seed: int = 1337) -> TrainCon
     )  # fmt: skip
 
 
-def transformers_loop(config: TrainConfig, splits, tokenizer) -> tuple[list, float, float, int]:
+def transformers_loop(
+    config: TrainConfig, splits, tokenizer, on_step
+) -> tuple[list, float, float, int]:
     """The same model, data, optimizer and schedule with GPT2LMHeadModel; (seconds of each
     iteration, val loss, nanoGPT-style estimate, parameters)."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -87,8 +94,9 @@ def transformers_loop(config: TrainConfig, splits, tokenizer) -> tuple[list, flo
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        value = loss.item()
         seconds.append(time.perf_counter() - started)
+        on_step(step + 1, value)
 
     class Wrapped(torch.nn.Module):  # our evaluator speaks the (logits, cache) protocol
         def __init__(self, inner):
@@ -118,13 +126,13 @@ def nanogpt_estimate(model, val, block_size: int, batch_size: int, seed: int) ->
     return sum(losses) / len(losses)
 
 
-def run_lmforge(config: TrainConfig, splits):
+def run_lmforge(config: TrainConfig, splits, on_step):
     """Train with lmforge's trainer; (result, parameters, nanoGPT-style estimate, a sample)."""
     from lmforge import load
     from lmforge.training.trainer import build_model
 
     with tempfile.TemporaryDirectory() as out:
-        result = train(config, Path(out) / "run")
+        result = train(config, Path(out) / "run", on_step=on_step)
         lm = load(Path(out) / "run")
         sample = lm.generate("\n", max_new_tokens=200, do_sample=True, temperature=0.8, seed=1)
         estimate = nanogpt_estimate(lm.model, splits.val, config.block_size, config.batch_size, 0)
@@ -132,7 +140,21 @@ def run_lmforge(config: TrainConfig, splits):
     return result, parameters, estimate, sample.text
 
 
-COLUMNS = ("lmforge nanoGPT", "lmforge GPT-2", "transformers")
+@dataclass(frozen=True)
+class Column:
+    name: str
+    bias: bool
+    compile: bool = False
+    peer: bool = False  # the transformers loop
+
+
+COLUMNS = (
+    Column("lmforge nanoGPT", bias=False),
+    Column("lmforge GPT-2", bias=True),
+    Column("lmforge GPT-2 compiled", bias=True, compile=True),
+    Column("transformers", bias=True, peer=True),
+)
+PEER = COLUMNS[-1].name
 
 
 def characters():
@@ -141,72 +163,111 @@ def characters():
     return tokenizer, split_tokens(tokenize_corpus(Corpus(str(DATA)), tokenizer), 0.1, 0.0)
 
 
-def run_column(name: str, seed: int, steps: int, threads: int) -> dict:
-    """Train one column with one seed (in the process that calls it)."""
+def run_column(column: Column, seed: int, steps: int, threads: int, on_step) -> dict:
+    """Train one column with one seed (in the process that calls it); `on_step(step, loss)`
+    runs after each step, outside its timing."""
     torch.set_num_threads(threads)
     tokenizer, splits = characters()
-    if name == "transformers":
-        seconds, val, estimate, params = transformers_loop(
-            nanogpt_config(steps, True, seed), splits, tokenizer
-        )
+    config = dataclasses.replace(nanogpt_config(steps, column.bias, seed), compile=column.compile)
+    if column.peer:
+        seconds, val, estimate, params = transformers_loop(config, splits, tokenizer, on_step)
         sample = None
     else:
-        config = nanogpt_config(steps, name == "lmforge GPT-2", seed)
-        result, params, estimate, sample = run_lmforge(config, splits)
+        result, params, estimate, sample = run_lmforge(config, splits, on_step)
         seconds, val = result.step_seconds, result.evaluations[-1]["val_loss"]
-    ms = [1000 * s for s in seconds]
+    ms = [1000 * s for s in seconds[1:]]  # the first step holds a compile, if any
     return dict(
-        ms=statistics.fmean(ms), median_ms=statistics.median(ms), val=val, estimate=estimate,
-        params=params, sample=sample,
+        ms=statistics.fmean(ms), median_ms=statistics.median(ms), first_s=seconds[0],
+        total_s=sum(seconds), val=val, estimate=estimate, params=params, sample=sample,
     )  # fmt: skip
 
 
-def run_seed(seed: int, steps: int, threads: int, order: list[str]) -> dict[str, dict]:
-    """Train the three columns with one seed, each in a fresh process, in `order` (rotated
-    from seed to seed, so the machine's drift does not always land on the same column)."""
-    results = {}
+def column_worker(connection, column: Column, seed: int, steps: int, threads: int, turn: int):
+    """A column's process: train only while it holds the turn, handing it back every `turn`
+    steps; end by sending the result (or the error, as text)."""
+    # A cold compiler cache, so the compiled column's first step shows a user's first compile.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-bench-inductor-")
+
+    def take_turns(step: int, loss: float) -> None:
+        if step % turn == 0 and step < steps:
+            connection.send("turn")
+            connection.recv()
+
+    connection.recv()  # the first turn
+    try:
+        connection.send(run_column(column, seed, steps, threads, take_turns))
+    except Exception:  # noqa: BLE001 - reported by the parent, which stops the benchmark
+        connection.send(traceback.format_exc())
+
+
+def run_seed(seed: int, steps: int, threads: int, order: list[Column], turn: int) -> dict:
+    """Train the columns with one seed, each in a fresh process, taking turns of `turn` steps
+    round-robin: every column's steps are spread over the same minutes, so a slow stretch of the
+    machine slows them all alike instead of landing on whichever column ran then."""
     spawn = multiprocessing.get_context("spawn")
-    for name in order:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            results[name] = pool.submit(run_column, name, seed, steps, threads).result()
+    running = []
+    for column in order:
+        parent, child = spawn.Pipe()
+        process = spawn.Process(
+            target=column_worker, args=(child, column, seed, steps, threads, turn), daemon=True
+        )
+        process.start()
+        running.append((column, parent, process))
+    results = {}
+    while running:
+        for entry in list(running):
+            column, connection, process = entry
+            connection.send("go")
+            message = connection.recv()
+            if message == "turn":
+                continue
+            running.remove(entry)
+            process.join()
+            if isinstance(message, str):
+                raise SystemExit(f"column {column.name!r} failed:\n{message}")
+            results[column.name] = message
     return results
 
 
 def print_seed(seed: int, results: dict[str, dict]) -> None:
-    peer_ms = results["transformers"]["ms"]
-    rows = [results[name] for name in COLUMNS]
+    peer = results[PEER]
+    rows = [results[column.name] for column in COLUMNS]
+    width = 24
+    cells = lambda values: "".join(f"{value:>{width}}" for value in values)  # noqa: E731
     print(f"\nseed {seed}")
-    print(f"{'':28}" + "".join(f"{name:>17}" for name in COLUMNS))
-    print(f"{'biases':28}{'no':>17}{'yes':>17}{'yes':>17}")
-    peer_median = results["transformers"]["median_ms"]
-    print(f"{'ms / iteration, mean':28}" + "".join(f"{r['ms']:>17.2f}" for r in rows))
-    print(f"{'  ratio to transformers':28}" + "".join(f"{r['ms'] / peer_ms:>16.2f}x" for r in rows)
+    print(f"{'':28}" + cells(column.name for column in COLUMNS))
+    print(f"{'biases':28}" + cells("yes" if c.bias else "no" for c in COLUMNS))
+    print(f"{'ms / iteration, mean':28}" + cells(f"{r['ms']:.2f}" for r in rows))
+    print(f"{'  ratio to transformers':28}" + cells(f"{r['ms'] / peer['ms']:.3f}x" for r in rows)
           + "   (target <= 0.80x)")  # fmt: skip
-    print(f"{'ms / iteration, median':28}" + "".join(f"{r['median_ms']:>17.2f}" for r in rows))
+    print(f"{'ms / iteration, median':28}" + cells(f"{r['median_ms']:.2f}" for r in rows))
     print(f"{'  ratio to transformers':28}"
-          + "".join(f"{r['median_ms'] / peer_median:>16.2f}x" for r in rows))  # fmt: skip
-    print(f"{'validation loss (all 10%)':28}" + "".join(f"{r['val']:>17.4f}" for r in rows)
+          + cells(f"{r['median_ms'] / peer['median_ms']:.3f}x" for r in rows))  # fmt: skip
+    print(f"{'first iteration (s)':28}" + cells(f"{r['first_s']:.2f}" for r in rows)
+          + "   (holds the compile, cold cache)")  # fmt: skip
+    print(f"{'all iterations (s)':28}" + cells(f"{r['total_s']:.1f}" for r in rows))
+    print(f"{'validation loss (all 10%)':28}" + cells(f"{r['val']:.4f}" for r in rows)
           + "   (nanoGPT README: 1.88; target <= 1.88)")  # fmt: skip
-    print(f"{'  nanoGPT estimate (20 b.)':28}" + "".join(f"{r['estimate']:>17.4f}" for r in rows))
-    print(f"{'bits per character':28}" + "".join(f"{r['val'] / math.log(2):>17.4f}" for r in rows))
-    print(f"{'parameters':28}" + "".join(f"{r['params']:>17,}" for r in rows))
+    print(f"{'  nanoGPT estimate (20 b.)':28}" + cells(f"{r['estimate']:.4f}" for r in rows))
+    print(f"{'bits per character':28}" + cells(f"{r['val'] / math.log(2):.4f}" for r in rows))
+    print(f"{'parameters':28}" + cells(f"{r['params']:,}" for r in rows))
 
 
 def print_summary(by_seed: dict[int, dict[str, dict]]) -> None:
     """Across seeds: each column's validation loss and its ratio to transformers' time."""
     print(f"\nover {len(by_seed)} seeds ({', '.join(map(str, by_seed))}): median (min-max)")
-    print(f"{'':28}" + "".join(f"{name:>24}" for name in COLUMNS))
-    peer = lambda seed: by_seed[seed]["transformers"]  # noqa: E731
+    print(f"{'':28}" + "".join(f"{column.name:>26}" for column in COLUMNS))
+    peer = lambda seed: by_seed[seed][PEER]  # noqa: E731
     for label, value in (
         ("validation loss", lambda r, seed: r["val"]),
         ("ratio to transformers, mean", lambda r, seed: r["ms"] / peer(seed)["ms"]),
         ("  median", lambda r, seed: r["median_ms"] / peer(seed)["median_ms"]),
     ):
         cells = []
-        for name in COLUMNS:
-            values = [value(results[name], seed) for seed, results in by_seed.items()]
+        for column in COLUMNS:
+            values = [value(results[column.name], seed) for seed, results in by_seed.items()]
             cells.append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-        print(f"{label:28}" + "".join(f"{cell:>24}" for cell in cells))
+        print(f"{label:28}" + "".join(f"{cell:>26}" for cell in cells))
 
 
 def seed_list(text: str) -> list[int]:
@@ -224,19 +285,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument(
         "--seeds", type=seed_list, default=[1337],
-        help="comma-separated; each trains all three columns (about 5 minutes a seed)",
+        help="comma-separated; each trains all four columns (about 6 minutes a seed)",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--turn", type=int, default=25, help="iterations a column runs before the next one's turn"
+    )
     args = parser.parse_args()
-    if args.steps < 1 or args.threads < 1:
-        raise SystemExit("--steps and --threads must be at least 1")
+    if args.steps < 1 or args.threads < 1 or args.turn < 1:
+        raise SystemExit("--steps, --threads and --turn must be at least 1")
     tokenizer, _ = characters()
     print(f"nanoGPT CPU config, tiny Shakespeare (chars, vocab {tokenizer.vocab_size}), "
           f"{args.steps} iterations, {args.threads} threads")  # fmt: skip
     by_seed = {}
     for index, seed in enumerate(args.seeds):
-        order = list(COLUMNS[index % 3 :] + COLUMNS[: index % 3])
-        by_seed[seed] = run_seed(seed, args.steps, args.threads, order)
+        shift = index % len(COLUMNS)  # who goes first in each round, rotated from seed to seed
+        order = list(COLUMNS[shift:] + COLUMNS[:shift])
+        by_seed[seed] = run_seed(seed, args.steps, args.threads, order, args.turn)
         print_seed(seed, by_seed[seed])
     if len(by_seed) > 1:
         print_summary(by_seed)

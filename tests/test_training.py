@@ -335,6 +335,54 @@ def test_a_gpt_forward_compiles_into_one_graph_and_still_checks_its_context():
         model(torch.randint(67, (1, 2)), positions=torch.tensor([[3, 40]]))
 
 
+@pytest.mark.parametrize("n_head, n_kv_head, position", [(4, 4, "learned"), (6, 2, "rope")])
+def test_short_window_attention_gives_sdpas_outputs_and_gradients(
+    n_head, n_kv_head, position, monkeypatch
+):
+    """Windows of up to SHORT_WINDOW tokens are attended with batched products (faster there than
+    PyTorch's CPU flash kernel); logits and every gradient must be SDPA's."""
+    from lmforge.models import gpt
+
+    torch.manual_seed(0)
+    config = gpt.GPTConfig(vocab_size=50, d_model=48, n_layer=2, n_head=n_head,
+                           n_kv_head=n_kv_head, max_seq_len=256, position=position)  # fmt: skip
+    model = gpt.GPT(config)
+    ids = torch.randint(50, (3, 40))
+    calls = []
+    short_causal = gpt.Attention._short_causal
+
+    def counted(self, *args):
+        calls.append(1)
+        return short_causal(self, *args)
+
+    def logits_and_gradients():
+        model.zero_grad()
+        logits, _ = model(ids)
+        logits.square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    monkeypatch.setattr(gpt.Attention, "_short_causal", counted)
+    short = logits_and_gradients()
+    assert len(calls) == config.n_layer
+    monkeypatch.setattr(gpt, "SHORT_WINDOW", 0)  # every window through SDPA
+    flash = logits_and_gradients()
+    assert len(calls) == config.n_layer
+    torch.testing.assert_close(short[0], flash[0])
+    for a, b in zip(short[1], flash[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_run_reports_each_step_and_matches_the_eager_run(corpus, tmp_path):
+    """`on_step` sees every step and its loss; `compile=True` trains to the eager losses."""
+    seen = []
+    config = small(corpus, steps=6, eval_interval=3)
+    eager = train(config, tmp_path / "eager", on_step=lambda step, loss: seen.append((step, loss)))
+    assert seen == list(enumerate(eager.train_losses, start=1))
+    config.compile = True
+    compiled = train(config, tmp_path / "compiled")
+    assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-4)
+
+
 FAULTS_PER_STEP = """
 import resource, sys, torch, torch.nn.functional as F
 from lmforge.models.gpt import GPT, GPTConfig

@@ -13,6 +13,7 @@ import io
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,15 @@ def _load_embeddings(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig
 class Trainer:
     """Runs (or resumes) one training run into the directory `out`."""
 
-    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: str | Path,
+        resume: bool = False,
+        on_step: Callable[[int, float], None] | None = None,
+    ):
         self.out = Path(out)
+        self.on_step = on_step  # called with (step, loss) after each step, outside its timing
         self.checkpoints = self.out / CHECKPOINTS
         self.dist = setup(config.batch_size)
         self.state = checkpointing.load_latest_state(self.checkpoints) if resume else None
@@ -329,6 +337,8 @@ class Trainer:
                     stopped_early = self._evaluate_and_save(speed, writer)
                     if stopped_early:
                         break
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
         finally:
             bar.close()
             if writer is not None:
@@ -542,6 +552,12 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
-    """Train (or resume) a run; see `TrainConfig` for the settings."""
-    return Trainer(config, out, resume).run()
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; see `TrainConfig` for the settings. `on_step(step, loss)` is
+    called after every optimizer step (after any evaluation and checkpoint of that step)."""
+    return Trainer(config, out, resume, on_step).run()
