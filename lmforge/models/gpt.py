@@ -248,7 +248,7 @@ class Attention(nn.Module):
         group, heads = self.n_head // self.n_kv_head, batch * self.n_kv_head
         future = torch.full((seq, seq), float("-inf"), device=q.device, dtype=q.dtype).triu(1)
         scores = torch.baddbmm(
-            future.repeat(group, 1),  # (group * seq, seq): row g * seq + i is query i
+            future.repeat(group, 1) if group > 1 else future,  # row g * seq + i is query i
             q.reshape(heads, group * seq, dim),
             k.reshape(heads, seq, dim).transpose(1, 2),
             alpha=1.0 / math.sqrt(dim),
