@@ -339,8 +339,8 @@ def test_a_gpt_forward_compiles_into_one_graph_and_still_checks_its_context():
 def test_short_window_attention_gives_sdpas_outputs_and_gradients(
     n_head, n_kv_head, position, monkeypatch
 ):
-    """Windows of up to SHORT_WINDOW tokens are attended with batched products (faster there than
-    PyTorch's CPU flash kernel); logits and every gradient must be SDPA's."""
+    """Training windows of up to SHORT_WINDOW tokens are attended with batched products (faster
+    there than PyTorch's CPU flash kernel); logits and every gradient must be SDPA's."""
     from lmforge.models import gpt
 
     torch.manual_seed(0)
@@ -363,6 +363,9 @@ def test_short_window_attention_gives_sdpas_outputs_and_gradients(
 
     monkeypatch.setattr(gpt.Attention, "_short_causal", counted)
     short = logits_and_gradients()
+    assert len(calls) == config.n_layer
+    with torch.no_grad():  # inference keeps SDPA (as fast or faster without gradients)
+        torch.testing.assert_close(model(ids)[0], short[0])
     assert len(calls) == config.n_layer
     monkeypatch.setattr(gpt, "SHORT_WINDOW", 0)  # every window through SDPA
     flash = logits_and_gradients()
