@@ -14,6 +14,7 @@ the trainer's `compile=True` (`lmforge train --compile`). The compiled column st
 compiler cache, so its first iteration shows a first run's compile; later runs find it cached.
 
     python benchmarks/train_nanogpt.py [--steps 2000] [--seeds 1337,1,2] [--threads 2] [--turn 25]
+        [--columns nanogpt,gpt2,gpt2-compiled,transformers]
 
 Each column trains in a fresh process, so nothing process-wide (lmforge's allocator setting,
 thread pools, memory a column left behind) carries over to another. The processes take turns of
@@ -142,6 +143,7 @@ def run_lmforge(config: TrainConfig, splits, on_step):
 
 @dataclass(frozen=True)
 class Column:
+    key: str  # its name in --columns
     name: str
     bias: bool
     compile: bool = False
@@ -149,10 +151,10 @@ class Column:
 
 
 COLUMNS = (
-    Column("lmforge nanoGPT", bias=False),
-    Column("lmforge GPT-2", bias=True),
-    Column("lmforge GPT-2 compiled", bias=True, compile=True),
-    Column("transformers", bias=True, peer=True),
+    Column("nanogpt", "lmforge nanoGPT", bias=False),
+    Column("gpt2", "lmforge GPT-2", bias=True),
+    Column("gpt2-compiled", "lmforge GPT-2 compiled", bias=True, compile=True),
+    Column("transformers", "transformers", bias=True, peer=True),
 )
 PEER = COLUMNS[-1].name
 
@@ -229,14 +231,14 @@ def run_seed(seed: int, steps: int, threads: int, order: list[Column], turn: int
     return results
 
 
-def print_seed(seed: int, results: dict[str, dict]) -> None:
+def print_seed(seed: int, results: dict[str, dict], columns: list[Column]) -> None:
     peer = results[PEER]
-    rows = [results[column.name] for column in COLUMNS]
+    rows = [results[column.name] for column in columns]
     width = 24
     cells = lambda values: "".join(f"{value:>{width}}" for value in values)  # noqa: E731
     print(f"\nseed {seed}")
-    print(f"{'':28}" + cells(column.name for column in COLUMNS))
-    print(f"{'biases':28}" + cells("yes" if c.bias else "no" for c in COLUMNS))
+    print(f"{'':28}" + cells(column.name for column in columns))
+    print(f"{'biases':28}" + cells("yes" if c.bias else "no" for c in columns))
     print(f"{'ms / iteration, mean':28}" + cells(f"{r['ms']:.2f}" for r in rows))
     print(f"{'  ratio to transformers':28}" + cells(f"{r['ms'] / peer['ms']:.3f}x" for r in rows)
           + "   (target <= 0.80x)")  # fmt: skip
@@ -253,10 +255,10 @@ def print_seed(seed: int, results: dict[str, dict]) -> None:
     print(f"{'parameters':28}" + cells(f"{r['params']:,}" for r in rows))
 
 
-def print_summary(by_seed: dict[int, dict[str, dict]]) -> None:
+def print_summary(by_seed: dict[int, dict[str, dict]], columns: list[Column]) -> None:
     """Across seeds: each column's validation loss and its ratio to transformers' time."""
     print(f"\nover {len(by_seed)} seeds ({', '.join(map(str, by_seed))}): median (min-max)")
-    print(f"{'':28}" + "".join(f"{column.name:>26}" for column in COLUMNS))
+    print(f"{'':28}" + "".join(f"{column.name:>26}" for column in columns))
     peer = lambda seed: by_seed[seed][PEER]  # noqa: E731
     for label, value in (
         ("validation loss", lambda r, seed: r["val"]),
@@ -264,7 +266,7 @@ def print_summary(by_seed: dict[int, dict[str, dict]]) -> None:
         ("  median", lambda r, seed: r["median_ms"] / peer(seed)["median_ms"]),
     ):
         cells = []
-        for column in COLUMNS:
+        for column in columns:
             values = [value(results[column.name], seed) for seed, results in by_seed.items()]
             cells.append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
         print(f"{label:28}" + "".join(f"{cell:>26}" for cell in cells))
@@ -280,12 +282,27 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def column_list(text: str) -> list[Column]:
+    by_key = {column.key: column for column in COLUMNS}
+    keys = text.split(",")
+    unknown = [key for key in keys if key not in by_key]
+    if unknown or len(set(keys)) != len(keys):
+        raise SystemExit(f"--columns {text!r}: expected distinct names from {', '.join(by_key)}")
+    if PEER not in keys:
+        raise SystemExit(f"--columns {text!r}: the ratios need the {PEER!r} column")
+    return [column for column in COLUMNS if column.key in keys]  # in the table's order
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument(
         "--seeds", type=seed_list, default=[1337],
-        help="comma-separated; each trains all four columns (about 6 minutes a seed)",
+        help="comma-separated; each trains every column (about 6 minutes a seed for all four)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--columns", type=column_list, default=list(COLUMNS),
+        help=f"comma-separated, from {','.join(c.key for c in COLUMNS)} (default: all)",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -299,14 +316,17 @@ def main() -> None:
           f"{args.steps} iterations, {args.threads} threads")  # fmt: skip
     by_seed = {}
     for index, seed in enumerate(args.seeds):
-        shift = index % len(COLUMNS)  # who goes first in each round, rotated from seed to seed
-        order = list(COLUMNS[shift:] + COLUMNS[:shift])
+        shift = index % len(args.columns)  # who goes first in each round, rotated by seed
+        order = args.columns[shift:] + args.columns[:shift]
         by_seed[seed] = run_seed(seed, args.steps, args.threads, order, args.turn)
-        print_seed(seed, by_seed[seed])
+        print_seed(seed, by_seed[seed], args.columns)
     if len(by_seed) > 1:
-        print_summary(by_seed)
-    first = by_seed[args.seeds[0]]["lmforge nanoGPT"]["sample"]
-    print(f"\nsample of the nanoGPT model, seed {args.seeds[0]} (temperature 0.8):\n{first}")
+        print_summary(by_seed, args.columns)
+    first = by_seed[args.seeds[0]][args.columns[0].name]["sample"]
+    if first is not None:
+        print(
+            f"\nsample of {args.columns[0].name}, seed {args.seeds[0]} (temperature 0.8):\n{first}"
+        )
 
 
 if __name__ == "__main__":
