@@ -321,6 +321,23 @@ def test_plateau_schedule_divides_the_learning_rate_when_validation_stalls(corpu
     assert recorded == pytest.approx([20.0, *expected[:-1]])
 
 
+def test_early_stopping_ends_at_the_first_evaluation_that_misses_patience(corpus, tmp_path):
+    """patience=1: the run ends at the first evaluation that does not beat the best one (SGD at
+    lr 20 overfits this small text), keeps the best model, and reports that last step too."""
+    config = small(corpus, arch="lstm", tokenizer="word", optimizer="sgd", lr=20.0, min_lr=0.0,
+                   schedule="constant", warmup=0, grad_clip=0.25, weight_decay=0.0,
+                   block_size=35, batch_size=20, steps=200, eval_interval=10, n_embd=64,
+                   patience=1)  # fmt: skip
+    seen = []
+    result = train(config, tmp_path / "run", on_step=lambda step, loss: seen.append(step))
+    losses = [e["val_loss"] for e in result.evaluations]
+    assert result.stopped_early and result.step < config.steps
+    assert result.step == 10 * len(losses) and seen == list(range(1, result.step + 1))
+    assert losses[-1] >= min(losses[:-1])  # the stopping evaluation did not improve...
+    assert all(b < a for a, b in zip(losses[:-1], losses[1:-1], strict=False))  # ...the rest did
+    assert result.best_val_loss == min(losses)
+
+
 def test_a_gpt_forward_compiles_into_one_graph_and_still_checks_its_context():
     """`--compile` trains through one graph: nothing in the forward pass reads a tensor back to
     Python (which would split the graph and sync every step)."""

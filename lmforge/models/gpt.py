@@ -245,7 +245,7 @@ class Attention(nn.Module):
     def _short_causal(self, q, k, v) -> torch.Tensor:
         """Causal softmax(q k^T / sqrt(d)) v for a short training window (no cache), as
         `baddbmm` (scores plus the causal mask in one product), softmax and `bmm`. Each kv head
-        takes its group of query heads as extra rows, so grouped-query attention needs no copy."""
+        takes its group of query heads as extra rows: grouped-query attention repeats no k or v."""
         batch, _, seq, dim = q.shape
         group, heads = self.n_head // self.n_kv_head, batch * self.n_kv_head
         future = torch.full((seq, seq), float("-inf"), device=q.device, dtype=q.dtype).triu(1)

@@ -335,10 +335,10 @@ class Trainer:
                         writer.add_scalar("train/lr", lr, self.step)
                 if self.step % config.eval_interval == 0 or self.step == config.steps:
                     stopped_early = self._evaluate_and_save(speed, writer)
-                    if stopped_early:
-                        break
                 if self.on_step is not None:
                     self.on_step(self.step, loss)
+                if stopped_early:
+                    break
         finally:
             bar.close()
             if writer is not None:
