@@ -399,7 +399,9 @@ def test_a_compiled_run_reports_each_step_and_matches_the_eager_run(corpus, tmp_
     eager = train(config, tmp_path / "eager", on_step=lambda step, loss: seen.append((step, loss)))
     assert seen == list(enumerate(eager.train_losses, start=1))
     config.compile = True
-    compiled = train(config, tmp_path / "compiled")
+    trainer = Trainer(config, tmp_path / "compiled")
+    assert isinstance(trainer.runner, torch._dynamo.eval_frame.OptimizedModule)  # really compiled
+    compiled = trainer.run()
     assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-4)
 
 
