@@ -392,6 +392,36 @@ def test_short_window_attention_gives_sdpas_outputs_and_gradients(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_consecutive_learned_positions_read_a_slice_with_the_gathers_results():
+    """Without explicit positions, learned position embeddings are a slice of the table (its
+    gradient a sum, not a scatter); logits and gradients must be the gather's."""
+    from lmforge.models import gpt
+
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=50, d_model=32, n_layer=1, n_head=4, max_seq_len=16))
+    ids = torch.randint(50, (3, 10))
+
+    def logits_and_gradients(**kwargs):
+        model.zero_grad()
+        logits, _ = model(ids, **kwargs)
+        logits.square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    gather_calls = []
+    model.pos_embed.register_forward_hook(lambda *args: gather_calls.append(1))
+    sliced = logits_and_gradients()
+    assert not gather_calls
+    gathered = logits_and_gradients(positions=torch.arange(10).expand(3, 10))
+    assert gather_calls == [1]
+    assert torch.equal(sliced[0], gathered[0])
+    for a, b in zip(sliced[1], gathered[1], strict=True):
+        torch.testing.assert_close(a, b)
+    cache = model.new_cache(3)  # continuing from a cache: the slice starts at its length
+    model(ids[:, :6], cache=cache)
+    continued, _ = model(ids[:, 6:], cache=cache)
+    torch.testing.assert_close(continued, sliced[0][:, 6:])
+
+
 def test_a_compiled_run_reports_each_step_and_matches_the_eager_run(corpus, tmp_path):
     """`on_step` sees every step and its loss; `compile=True` trains to the eager losses."""
     seen = []
