@@ -24,7 +24,9 @@ every column alike instead of over whichever column ran then. Mean and median it
 both printed. With several seeds a summary gives each column's validation loss and time ratio
 over the seeds. The loss moves from seed to seed (9 seeds: 1.899-1.909 without biases,
 1.883-1.911 with), and nanoGPT's 20-batch estimate of one model's loss (the "nanoGPT estimate"
-row; its README's 1.88 is one) has a standard deviation of 0.014 from draw to draw.
+row; its README's 1.88 is one) has a standard deviation of 0.014 from draw to draw. nanoGPT's own
+code, run on this machine with seeds 1337 and 1-5, averages 1.906 on all of the validation split
+(1.891-1.920); its estimate at its default seed 1337 is 1.8857.
 """
 
 from __future__ import annotations
