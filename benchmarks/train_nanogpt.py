@@ -8,13 +8,18 @@ clip 1.0. nanoGPT reports validation loss 1.88 after 2000 iterations.
 Targets: our validation loss <= 1.88; our ms/iteration <= 0.8x the transformers loop.
 
 Columns: nanoGPT trains this model without biases (its `bias=False` default), GPT2LMHeadModel
-always has them. So lmforge trains the nanoGPT model (no biases; the loss target) and the GPT-2
+always has them. So lmforge trains the nanoGPT model (GPT-2 blocks, no biases) and the GPT-2
 model (biases; the peer's very model, for the speed ratio), the latter once eager and once with
-the trainer's `compile=True` (`lmforge train --compile`). The compiled column starts from an empty
-compiler cache, so its first iteration shows a first run's compile; later runs find it cached.
+the trainer's `compile=True` (`lmforge train --compile`). Then the same configuration with
+lmforge's Llama-family blocks (`--family llama`: RMSNorm, SwiGLU of width 8/3 d, rotary
+positions instead of a learned table; 812,544 parameters against 810,112), eager and compiled,
+beside the same model in transformers (LlamaForCausalLM). Each column's time ratio is to the
+transformers loop of its own blocks, whose model is built from the config.json lmforge's bundle
+export writes. The compiled columns start from an empty compiler cache, so their first
+iteration shows a first run's compile; later runs find it cached.
 
     python benchmarks/train_nanogpt.py [--steps 2000] [--seeds 1337,1,2] [--threads 2] [--turn 25]
-        [--columns nanogpt,gpt2,gpt2-compiled,transformers]
+        [--columns nanogpt,gpt2,gpt2-compiled,transformers,llama,llama-compiled,transformers-llama]
 
 Each column trains in a fresh process, so nothing process-wide (lmforge's allocator setting,
 thread pools, memory a column left behind) carries over to another. The processes take turns of
@@ -58,31 +63,42 @@ from lmforge.training.trainer import parameter_groups, train
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
-def nanogpt_config(steps: int, bias: bool = False, seed: int = 1337) -> TrainConfig:
+def nanogpt_config(
+    steps: int, bias: bool = False, seed: int = 1337, family: str = "gpt2"
+) -> TrainConfig:
     return TrainConfig(
         data=str(DATA), tokenizer="char", byte_fallback=False, val_fraction=0.1,
-        test_fraction=0.0, arch="gpt", family="gpt2", n_layer=4, n_head=4, n_embd=128,
+        test_fraction=0.0, arch="gpt", family=family, n_layer=4, n_head=4, n_embd=128,
         block_size=64, batch_size=12, steps=steps, lr=1e-3, min_lr=1e-4, warmup=100,
         schedule="cosine", beta2=0.99, dropout=0.0, weight_decay=0.1, grad_clip=1.0,
         eval_interval=steps, log_interval=50, bias=bias, seed=seed,
     )  # fmt: skip
 
 
+def transformers_model(config: TrainConfig, tokenizer):
+    """The transformers model (GPT2LMHeadModel or LlamaForCausalLM) that computes what lmforge's
+    model of `config` does: the config.json lmforge's bundle export writes for it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lmforge.checkpoints.bundle import hf_config
+    from lmforge.models.presets import model_config
+
+    ours = model_config(
+        "gpt", tokenizer.vocab_size, config.block_size, family=config.family,
+        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+        dropout=config.dropout, bias=config.bias,
+    )  # fmt: skip
+    settings = hf_config(ours, config.family, tokenizer)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings))
+
+
 def transformers_loop(
     config: TrainConfig, splits, tokenizer, on_step
 ) -> tuple[list, float, float, int]:
-    """The same model, data, optimizer and schedule with GPT2LMHeadModel; (seconds of each
+    """The same model, data, optimizer and schedule in transformers; (seconds of each
     iteration, val loss, nanoGPT-style estimate, parameters)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.manual_seed(config.seed)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=tokenizer.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-            n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, activation_function="gelu", bos_token_id=0, eos_token_id=0,
-        )
-    ).train()  # fmt: skip
+    model = transformers_model(config, tokenizer).train()
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, config.beta2)
     )
@@ -149,18 +165,26 @@ def run_lmforge(config: TrainConfig, splits, on_step):
 class Column:
     key: str  # its name in --columns
     name: str
+    family: str  # "gpt2" or "llama": which blocks, and which transformers loop is its peer
     bias: bool
     compile: bool = False
-    peer: bool = False  # the transformers loop
+    peer: bool = False  # a transformers loop
 
 
 COLUMNS = (
-    Column("nanogpt", "lmforge nanoGPT", bias=False),
-    Column("gpt2", "lmforge GPT-2", bias=True),
-    Column("gpt2-compiled", "lmforge GPT-2 compiled", bias=True, compile=True),
-    Column("transformers", "transformers", bias=True, peer=True),
+    Column("nanogpt", "lmforge nanoGPT", "gpt2", bias=False),
+    Column("gpt2", "lmforge GPT-2", "gpt2", bias=True),
+    Column("gpt2-compiled", "GPT-2 compiled", "gpt2", bias=True, compile=True),
+    Column("transformers", "transformers GPT-2", "gpt2", bias=True, peer=True),
+    Column("llama", "lmforge Llama", "llama", bias=False),
+    Column("llama-compiled", "Llama compiled", "llama", bias=False, compile=True),
+    Column("transformers-llama", "transformers Llama", "llama", bias=False, peer=True),
 )
-PEER = COLUMNS[-1].name
+
+
+def peer_of(column: Column) -> Column:
+    """The transformers loop that trains the same model as `column`."""
+    return next(c for c in COLUMNS if c.peer and c.family == column.family)
 
 
 def characters():
@@ -174,7 +198,8 @@ def run_column(column: Column, seed: int, steps: int, threads: int, on_step) -> 
     runs after each step, outside its timing."""
     torch.set_num_threads(threads)
     tokenizer, splits = characters()
-    config = dataclasses.replace(nanogpt_config(steps, column.bias, seed), compile=column.compile)
+    config = nanogpt_config(steps, column.bias, seed, column.family)
+    config = dataclasses.replace(config, compile=column.compile)
     if column.peer:
         seconds, val, estimate, params = transformers_loop(config, splits, tokenizer, on_step)
         sample = None
@@ -237,19 +262,22 @@ def run_seed(seed: int, steps: int, threads: int, order: list[Column], turn: int
 
 
 def print_seed(seed: int, results: dict[str, dict], columns: list[Column]) -> None:
-    peer = results[PEER]
     rows = [results[column.name] for column in columns]
-    width = 24
+    peers = [results[peer_of(column).name] for column in columns]
+    width = 21
     cells = lambda values: "".join(f"{value:>{width}}" for value in values)  # noqa: E731
+    pairs = list(zip(rows, peers, strict=True))
+    ratios = lambda key: cells(f"{r[key] / p[key]:.3f}x" for r, p in pairs)  # noqa: E731
     print(f"\nseed {seed}")
     print(f"{'':28}" + cells(column.name for column in columns))
-    print(f"{'biases':28}" + cells("yes" if c.bias else "no" for c in columns))
+    print(f"{'blocks':28}" + cells(
+        ("GPT-2" if c.family == "gpt2" else "Llama") + ("" if c.bias else ", no bias")
+        for c in columns
+    ))  # fmt: skip
     print(f"{'ms / iteration, mean':28}" + cells(f"{r['ms']:.2f}" for r in rows))
-    print(f"{'  ratio to transformers':28}" + cells(f"{r['ms'] / peer['ms']:.3f}x" for r in rows)
-          + "   (target <= 0.80x)")  # fmt: skip
+    print(f"{'  ratio to transformers':28}" + ratios("ms") + "   (same blocks; target <= 0.80x)")
     print(f"{'ms / iteration, median':28}" + cells(f"{r['median_ms']:.2f}" for r in rows))
-    print(f"{'  ratio to transformers':28}"
-          + cells(f"{r['median_ms'] / peer['median_ms']:.3f}x" for r in rows))  # fmt: skip
+    print(f"{'  ratio to transformers':28}" + ratios("median_ms"))
     print(f"{'first iteration (s)':28}" + cells(f"{r['first_s']:.2f}" for r in rows)
           + "   (holds the compile, cold cache)")  # fmt: skip
     print(f"{'all iterations (s)':28}" + cells(f"{r['total_s']:.1f}" for r in rows))
@@ -261,20 +289,21 @@ def print_seed(seed: int, results: dict[str, dict], columns: list[Column]) -> No
 
 
 def print_summary(by_seed: dict[int, dict[str, dict]], columns: list[Column]) -> None:
-    """Across seeds: each column's validation loss and its ratio to transformers' time."""
+    """Across seeds: each column's validation loss and its time ratio to its transformers peer."""
+    width = 23
     print(f"\nover {len(by_seed)} seeds ({', '.join(map(str, by_seed))}): median (min-max)")
-    print(f"{'':28}" + "".join(f"{column.name:>26}" for column in columns))
-    peer = lambda seed: by_seed[seed][PEER]  # noqa: E731
+    print(f"{'':28}" + "".join(f"{column.name:>{width}}" for column in columns))
     for label, value in (
-        ("validation loss", lambda r, seed: r["val"]),
-        ("ratio to transformers, mean", lambda r, seed: r["ms"] / peer(seed)["ms"]),
-        ("  median", lambda r, seed: r["median_ms"] / peer(seed)["median_ms"]),
+        ("validation loss", lambda r, p: r["val"]),
+        ("ratio to transformers, mean", lambda r, p: r["ms"] / p["ms"]),
+        ("  median", lambda r, p: r["median_ms"] / p["median_ms"]),
     ):
         cells = []
         for column in columns:
-            values = [value(results[column.name], seed) for seed, results in by_seed.items()]
+            peer = peer_of(column).name
+            values = [value(results[column.name], results[peer]) for results in by_seed.values()]
             cells.append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-        print(f"{label:28}" + "".join(f"{cell:>26}" for cell in cells))
+        print(f"{label:28}" + "".join(f"{cell:>{width}}" for cell in cells))
 
 
 def seed_list(text: str) -> list[int]:
@@ -293,9 +322,11 @@ def column_list(text: str) -> list[Column]:
     unknown = [key for key in keys if key not in by_key]
     if unknown or len(set(keys)) != len(keys):
         raise SystemExit(f"--columns {text!r}: expected distinct names from {', '.join(by_key)}")
-    if PEER not in keys:
-        raise SystemExit(f"--columns {text!r}: the ratios need the {PEER!r} column")
-    return [column for column in COLUMNS if column.key in keys]  # in the table's order
+    chosen = [column for column in COLUMNS if column.key in keys]  # in the table's order
+    missing = {peer_of(column).key for column in chosen} - set(keys)
+    if missing:
+        raise SystemExit(f"--columns {text!r}: the ratios need {', '.join(sorted(missing))} too")
+    return chosen
 
 
 def main() -> None:
@@ -303,7 +334,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument(
         "--seeds", type=seed_list, default=[1337],
-        help="comma-separated; each trains every column (about 6 minutes a seed for all four)",
+        help="comma-separated; each trains every column (about 12 minutes a seed for all seven)",
     )  # fmt: skip
     parser.add_argument(
         "--columns", type=column_list, default=list(COLUMNS),

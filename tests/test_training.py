@@ -156,6 +156,37 @@ def test_an_exported_gpt_bundle_gives_the_same_logits_in_transformers(
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_gpt_starts_from_its_familys_transformers_initialisation(family):
+    """GPT-2 scales its residual output projections by 1/sqrt(2 n_layer) at init; transformers'
+    Llama does not (trained that way, nanoGPT's CPU setting ends ~0.01 lower in loss)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    from lmforge.models.presets import build_model
+
+    torch.manual_seed(0)
+    ours = build_model("gpt", 512, 64, family=family, n_layer=8, n_head=4, n_embd=256)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=512, n_positions=64, n_embd=256, n_layer=8, n_head=4)
+        prefix, names = "transformer.h.0.", {"attn.out": "attn.c_proj", "mlp.down": "mlp.c_proj",
+                                             "mlp.up": "mlp.c_fc"}  # fmt: skip
+    else:
+        config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=ours.config.d_ff,
+                             num_hidden_layers=8, num_attention_heads=4)  # fmt: skip
+        prefix, names = "model.layers.0.", {"attn.out": "self_attn.o_proj",
+                                            "mlp.down": "mlp.down_proj", "mlp.gate_up": "mlp.up_proj"}  # fmt: skip
+    theirs = dict(AutoModelForCausalLM.from_config(config).named_parameters())
+    ours = dict(ours.named_parameters())
+    for our_name, their_name in names.items():
+        expected = float(theirs[f"{prefix}{their_name}.weight"].detach().std())
+        got = float(ours[f"blocks.0.{our_name}.weight"].detach().std())
+        assert got == pytest.approx(expected, rel=0.05), (our_name, got, expected)
+    scaled = 0.02 / math.sqrt(2 * 8)
+    assert float(ours["blocks.0.mlp.down.weight"].detach().std()) == pytest.approx(
+        scaled if family == "gpt2" else 0.02, rel=0.05
+    )
+
+
 def test_word_level_lstm_in_the_style_of_word_language_model(corpus, tmp_path):
     config = small(corpus, arch="lstm", tokenizer="word", optimizer="sgd", lr=20.0, min_lr=20.0,
                    schedule="constant", warmup=0, grad_clip=0.25, weight_decay=0.0,

@@ -43,7 +43,9 @@ def hf_family(config: GPTConfig) -> str | None:
     return None
 
 
-def _hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str, Any]:
+def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The `config.json` of the Hugging Face model that computes what `config` does (`family`
+    from `hf_family`); `transformers.AutoConfig.for_model(**it)` reads it."""
     ids = {
         "bos_token_id": tokenizer.bos_id,
         "eos_token_id": tokenizer.eos_ids[0] if tokenizer.eos_ids else None,
@@ -139,7 +141,7 @@ def save_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     family = hf_family(model.config) if isinstance(model, GPT) else None
     if family is not None:
-        config = _hf_config(model.config, family, tokenizer)
+        config = hf_config(model.config, family, tokenizer)
         tensors = _hf_tensors(model, family)
     else:
         config = {"model_type": model_type(model), "lmforge_config": model.config.to_dict()}

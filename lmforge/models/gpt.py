@@ -49,6 +49,9 @@ class GPTConfig:
     norm_bias: bool = True  # LayerNorm's additive bias (nanoGPT trains without any bias)
     tie_embeddings: bool = True
     dropout: float = 0.0  # training only: after the embedding and each residual branch
+    # Initialisation from scratch: GPT-2 scales the residual output projections by
+    # 1/sqrt(2 * n_layer); Llama (transformers' LlamaForCausalLM) draws every weight from N(0, 0.02).
+    scaled_residual_init: bool = True
     extra: dict[str, Any] = field(
         default_factory=dict
     )  # family name, source info; not used by the model
@@ -514,14 +517,16 @@ class GPT(nn.Module):
         return allowed[:, None]
 
     def init_weights(self) -> None:
-        """GPT-2's initialisation for training from scratch: N(0, 0.02) weights, zero biases, and
-        residual output projections scaled by 1/sqrt(2 * n_layer) (nanoGPT does the same)."""
+        """Initialisation for training from scratch: N(0, 0.02) weights and zero biases, with
+        GPT-2's residual output projections scaled by 1/sqrt(2 * n_layer) (nanoGPT does the
+        same) when `scaled_residual_init`."""
+        scaled = ("attn.out.weight", "mlp.down.weight") if self.config.scaled_residual_init else ()
         for name, param in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(param)
             elif param.dim() >= 2:
                 std = 0.02
-                if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                if name.endswith(scaled):
                     std /= math.sqrt(2 * self.config.n_layer)
                 nn.init.normal_(param, mean=0.0, std=std)
 

@@ -28,8 +28,9 @@ GPT_FAMILIES = ("gpt2", "llama")
 
 
 def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any]:
-    """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases) or a Llama
-    (RMSNorm, SwiGLU, RoPE, no biases); both export to transformers."""
+    """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases, scaled
+    residual init) or a Llama (RMSNorm, SwiGLU, RoPE, no biases, transformers' flat init); both
+    export to transformers."""
     if family == "gpt2":
         # erf GELU as nanoGPT trains it (transformers' activation_function "gelu")
         has_bias = True if bias is None else bias
@@ -43,7 +44,8 @@ def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any
         d_ff = -(-int(8 * n_embd / 3) // 32) * 32  # 8/3 d keeps SwiGLU's parameters at 4d's
         return dict(
             norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", d_ff=d_ff,
-            qkv_bias=False, out_bias=False, mlp_bias=False, extra={"family": "llama"},
+            qkv_bias=False, out_bias=False, mlp_bias=False, scaled_residual_init=False,
+            extra={"family": "llama"},
         )  # fmt: skip
     raise ConfigError(f"family={family!r}; expected one of {GPT_FAMILIES}")
 
