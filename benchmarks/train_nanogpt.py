@@ -32,6 +32,8 @@ over the seeds. The loss moves from seed to seed (9 seeds: 1.899-1.909 without b
 row; its README's 1.88 is one) has a standard deviation of 0.014 from draw to draw. nanoGPT's own
 code, run on this machine with seeds 1337 and 1-5, averages 1.906 on all of the validation split
 (1.891-1.920); its estimate at its default seed 1337 is 1.8857.
+With Llama blocks the same configuration ends far lower: 1.654-1.663 over seeds 1337, 1 and 2,
+and 1.650-1.667 for transformers' LlamaForCausalLM in the same loop.
 """
 
 from __future__ import annotations
