@@ -165,26 +165,28 @@ def test_a_gpt_starts_from_its_familys_transformers_initialisation(family):
     from lmforge.models.presets import build_model
 
     torch.manual_seed(0)
-    ours = build_model("gpt", 512, 64, family=family, n_layer=8, n_head=4, n_embd=256)
+    model = build_model("gpt", 512, 64, family=family, n_layer=8, n_head=4, n_embd=256)
     if family == "gpt2":
         config = GPT2Config(vocab_size=512, n_positions=64, n_embd=256, n_layer=8, n_head=4)
-        prefix, names = "transformer.h.0.", {"attn.out": "attn.c_proj", "mlp.down": "mlp.c_proj",
-                                             "mlp.up": "mlp.c_fc"}  # fmt: skip
+        prefix = "transformer.h.0."
+        names = {"attn.out": "attn.c_proj", "mlp.down": "mlp.c_proj", "mlp.up": "mlp.c_fc"}
     else:
-        config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=ours.config.d_ff,
+        config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=model.config.d_ff,
                              num_hidden_layers=8, num_attention_heads=4)  # fmt: skip
-        prefix, names = "model.layers.0.", {"attn.out": "self_attn.o_proj",
-                                            "mlp.down": "mlp.down_proj", "mlp.gate_up": "mlp.up_proj"}  # fmt: skip
+        prefix = "model.layers.0."
+        names = {"attn.out": "self_attn.o_proj", "mlp.down": "mlp.down_proj",
+                 "mlp.gate_up": "mlp.up_proj"}  # fmt: skip
     theirs = dict(AutoModelForCausalLM.from_config(config).named_parameters())
-    ours = dict(ours.named_parameters())
+    ours = dict(model.named_parameters())
+    std = lambda tensor: float(tensor.detach().std())  # noqa: E731
     for our_name, their_name in names.items():
-        expected = float(theirs[f"{prefix}{their_name}.weight"].detach().std())
-        got = float(ours[f"blocks.0.{our_name}.weight"].detach().std())
+        expected, got = (
+            std(theirs[f"{prefix}{their_name}.weight"]),
+            std(ours[f"blocks.0.{our_name}.weight"]),
+        )
         assert got == pytest.approx(expected, rel=0.05), (our_name, got, expected)
-    scaled = 0.02 / math.sqrt(2 * 8)
-    assert float(ours["blocks.0.mlp.down.weight"].detach().std()) == pytest.approx(
-        scaled if family == "gpt2" else 0.02, rel=0.05
-    )
+    down = 0.02 / math.sqrt(2 * 8) if family == "gpt2" else 0.02
+    assert std(ours["blocks.0.mlp.down.weight"]) == pytest.approx(down, rel=0.05)
 
 
 def test_word_level_lstm_in_the_style_of_word_language_model(corpus, tmp_path):

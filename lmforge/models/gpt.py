@@ -50,7 +50,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0  # training only: after the embedding and each residual branch
     # Initialisation from scratch: GPT-2 scales the residual output projections by
-    # 1/sqrt(2 * n_layer); Llama (transformers' LlamaForCausalLM) draws every weight from N(0, 0.02).
+    # 1/sqrt(2 * n_layer); transformers' Llama draws every weight from N(0, 0.02).
     scaled_residual_init: bool = True
     extra: dict[str, Any] = field(
         default_factory=dict
