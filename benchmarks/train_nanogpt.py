@@ -77,21 +77,16 @@ def nanogpt_config(
     )  # fmt: skip
 
 
-def transformers_model(config: TrainConfig, tokenizer):
-    """The transformers model (GPT2LMHeadModel or LlamaForCausalLM) that computes what lmforge's
-    model of `config` does: the config.json lmforge's bundle export writes for it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def transformers_config(config: TrainConfig, tokenizer):
+    """The config of the transformers model (GPT2LMHeadModel or LlamaForCausalLM) that computes
+    what lmforge's model of `config` does: the config.json lmforge's bundle export writes."""
+    from transformers import AutoConfig
 
     from lmforge.checkpoints.bundle import hf_config
-    from lmforge.models.presets import model_config
+    from lmforge.training.trainer import build_model
 
-    ours = model_config(
-        "gpt", tokenizer.vocab_size, config.block_size, family=config.family,
-        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-        dropout=config.dropout, bias=config.bias,
-    )  # fmt: skip
-    settings = hf_config(ours, config.family, tokenizer)
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings))
+    ours = build_model(config, tokenizer).config
+    return AutoConfig.for_model(**hf_config(ours, config.family, tokenizer))
 
 
 def transformers_loop(
@@ -99,8 +94,11 @@ def transformers_loop(
 ) -> tuple[list, float, float, int]:
     """The same model, data, optimizer and schedule in transformers; (seconds of each
     iteration, val loss, nanoGPT-style estimate, parameters)."""
+    from transformers import AutoModelForCausalLM
+
+    architecture = transformers_config(config, tokenizer)
     torch.manual_seed(config.seed)
-    model = transformers_model(config, tokenizer).train()
+    model = AutoModelForCausalLM.from_config(architecture).train()
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, config.beta2)
     )
