@@ -170,17 +170,18 @@ def save_bundle(
     return directory
 
 
-def load_lmforge_model(hf_config: dict[str, Any], directory: Path) -> nn.Module:
-    """Rebuild a model saved with an "lmforge-..." model_type and load its weights."""
+def load_lmforge_model(saved: dict[str, Any], directory: Path) -> nn.Module:
+    """Rebuild a model saved with an "lmforge-..." model_type (`saved`: its config.json) and
+    load its weights."""
     from lmforge.checkpoints.hf import read_hf_weights
     from lmforge.models.presets import MODEL_TYPES
 
-    kind = hf_config.get("model_type")
+    kind = saved.get("model_type")
     if kind not in MODEL_TYPES:
         raise CheckpointError(f"{directory}/config.json: unknown model_type {kind!r}")
     config_cls, model_cls = MODEL_TYPES[kind]
     try:
-        config = config_cls(**hf_config["lmforge_config"])
+        config = config_cls(**saved["lmforge_config"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{directory}/config.json: invalid lmforge_config ({exc})") from exc
     model = model_cls(config)
