@@ -11,10 +11,9 @@ import torch
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
+from lmforge.generation.compiled import compile_decode
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
-from lmforge.models.gpt import GPTConfig
-from lmforge.quantize import quantized_mode
 
 _DTYPES = {
     "float32": torch.float32,
@@ -107,50 +106,16 @@ class LM:
 
     def info(self) -> dict[str, Any]:
         """Architecture, size, context and tokenizer: what `lmforge info` prints."""
-        c = self.model.config
-        if not isinstance(c, GPTConfig):  # RNN and nn.Transformer LMs: their own hyper-parameters
-            details = {k: v for k, v in c.to_dict().items() if k != "extra"}
-            return {
-                "source": str(self.source),
-                "architecture": type(self.model).__name__,
-                "parameters": self.model.num_parameters(),
-                **details,
-                "tokenizer": type(self.tokenizer.backend.model).__name__,
-                "eos ids": self.tokenizer.eos_ids,
-                "dtype": str(self.model.dtype).replace("torch.", ""),
-                "device": str(model_device(self.model)),
-            }
         return {
             "source": str(self.source),
-            "family": c.extra.get("family"),
-            "format": c.extra.get("source_format"),
-            "quantization (source)": c.extra.get("quantization"),
-            "parameters": self.model.num_parameters(),
-            "layers": c.n_layer,
-            "d_model": c.d_model,
-            "heads": f"{c.n_head} (kv {c.n_kv_head})",
-            "context length": c.max_seq_len,
-            "positions": c.position
-            + (f" (theta {c.rope_theta:g})" if c.position == "rope" else ""),
-            "norm / mlp": f"{c.norm} / {c.mlp}",
-            "tied embeddings": c.tie_embeddings,
-            "vocab size": c.vocab_size,
+            "architecture": type(self.model).__name__,
+            **self.model.describe(),
             "tokenizer": type(self.tokenizer.backend.model).__name__,
             "eos ids": self.tokenizer.eos_ids,
             "chat template": bool(self.tokenizer.chat_template),
             "dtype": str(self.model.dtype).replace("torch.", ""),
-            "quantization (runtime)": quantized_mode(self.model),
             "device": str(model_device(self.model)),
         }
-
-
-def _compile_decode(model) -> None:
-    if not hasattr(model, "compile_decode"):
-        raise ConfigError(
-            f"compile=True compiles a GPT's decode step; {type(model).__name__} models run "
-            "eagerly (drop compile=True / --compile)"
-        )
-    model.compile_decode()
 
 
 def _draft_model(draft):
@@ -193,7 +158,7 @@ def load(
     quantisation, activations in bfloat16; int4 groups `group_size` input columns).
     compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models):
     faster tokens after a one-off compile of about a minute, cached on disk and loaded in
-    milliseconds by later processes (see `lmforge.models.compiled`).
+    milliseconds by later processes (see `lmforge.generation.compiled`).
     device: "cpu", "cuda", "cuda:N", "mps" or "auto" (a CUDA GPU when PyTorch sees one); the
     weights are read on the CPU, then moved (int4 weights are repacked for CUDA's kernel)."""
     target = resolve_device(device)
@@ -207,7 +172,7 @@ def load(
     if target.type != "cpu":
         checkpoint.model.to(target)
     if compile:
-        _compile_decode(checkpoint.model)
+        compile_decode(checkpoint.model)
     return LM(
         checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults
     )

@@ -43,10 +43,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    import lmforge
     from lmforge.evaluation.compare import compare
 
     text = _corpus_text(args.data)[: args.max_chars]
-    rows, page = compare(args.models, text, args.data, args.prompt, args.out,
+    models = {name: lmforge.load(name) for name in args.models}
+    rows, page = compare(models, text, args.data, args.prompt, args.out,
                          args.max_new_tokens, args.context, args.stride)  # fmt: skip
     print((Path(args.out) / "compare.md").read_text())
     print(f"report: {page}")

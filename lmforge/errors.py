@@ -6,7 +6,12 @@ class LMForgeError(Exception):
 
 
 class ConfigError(LMForgeError, ValueError):
-    """An option or argument has a value outside what it accepts."""
+    """An option or argument has a value outside what it accepts; `option` names it when the
+    error is about one option (a server maps it to the request field at fault)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class CheckpointError(LMForgeError):

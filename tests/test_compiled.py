@@ -128,11 +128,11 @@ def test_a_failed_compile_says_what_to_do(tiny_llama_dir, tmp_path, monkeypatch)
 
 
 def test_compile_needs_a_gpt():
-    from lmforge.api import _compile_decode
+    from lmforge.generation.compiled import compile_decode
     from lmforge.models.rnn import RNNLM, RNNConfig
 
     with pytest.raises(ConfigError, match="compile=True compiles a GPT's decode step; RNNLM"):
-        _compile_decode(RNNLM(RNNConfig(vocab_size=16, n_embd=8, hidden_size=8)))
+        compile_decode(RNNLM(RNNConfig(vocab_size=16, n_embd=8, hidden_size=8)))
 
 
 def test_compiled_step_with_padding_rows(tiny_llama_dir):
@@ -193,7 +193,7 @@ def test_cli_generate_compile_gpt2(capsys, monkeypatch, tiny_gpt2_dir):
     import json
 
     from lmforge.cli import main
-    from lmforge.models.compiled import CompiledDecoder
+    from lmforge.generation.compiled import CompiledDecoder
 
     compiled_steps = []
     step = CompiledDecoder.__call__

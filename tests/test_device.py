@@ -15,7 +15,7 @@ import torch
 import lmforge
 from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
-from lmforge.quantize import Int4Linear, Int8ViaInt4Linear, pack_int4, quantize_int4_groups
+from lmforge.models.quantized import Int4Linear, Int8ViaInt4Linear, pack_int4, quantize_int4_groups
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"

@@ -296,7 +296,7 @@ def test_compare_report(trained, tmp_path):
     from lmforge.evaluation.compare import compare
 
     text = TINY.read_text()[60_000:62_000]
-    runs = [str(trained[a].source) for a in ("gpt", "gru", "transformer")]
+    runs = {str(trained[a].source): trained[a] for a in ("gpt", "gru", "transformer")}
     rows, page = compare(runs, text, "tiny shakespeare", "ROMEO:", tmp_path, max_new_tokens=10)
     assert [r.architecture for r in rows] == ["GPT", "RNNLM", "TransformerLM"]
     assert all(r.tokenizer == "char" and 1.5 < r.bits_per_byte < 8 for r in rows)

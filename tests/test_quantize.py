@@ -9,7 +9,7 @@ from torch import nn
 import lmforge
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
-from lmforge.quantize import (
+from lmforge.models.quantized import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,

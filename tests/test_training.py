@@ -391,7 +391,7 @@ def test_short_window_attention_gives_sdpas_outputs_and_gradients(
 ):
     """Training windows of up to SHORT_WINDOW tokens are attended with batched products (faster
     there than PyTorch's CPU flash kernel); logits and every gradient must be SDPA's."""
-    from lmforge.models import gpt
+    from lmforge.models import attention, gpt
 
     torch.manual_seed(0)
     config = gpt.GPTConfig(vocab_size=50, d_model=48, n_layer=2, n_head=n_head,
@@ -399,11 +399,11 @@ def test_short_window_attention_gives_sdpas_outputs_and_gradients(
     model = gpt.GPT(config)
     ids = torch.randint(50, (3, 40))
     calls = []
-    short_causal = gpt.Attention._short_causal
+    short_causal = attention.short_causal
 
-    def counted(self, *args):
+    def counted(*args):
         calls.append(1)
-        return short_causal(self, *args)
+        return short_causal(*args)
 
     def logits_and_gradients():
         model.zero_grad()
@@ -411,13 +411,13 @@ def test_short_window_attention_gives_sdpas_outputs_and_gradients(
         logits.square().mean().backward()
         return logits.detach(), [p.grad.clone() for p in model.parameters()]
 
-    monkeypatch.setattr(gpt.Attention, "_short_causal", counted)
+    monkeypatch.setattr(attention, "short_causal", counted)
     short = logits_and_gradients()
     assert len(calls) == config.n_layer
     with torch.no_grad():  # inference keeps SDPA (as fast or faster without gradients)
         torch.testing.assert_close(model(ids)[0], short[0])
     assert len(calls) == config.n_layer
-    monkeypatch.setattr(gpt, "SHORT_WINDOW", 0)  # every window through SDPA
+    monkeypatch.setattr(attention, "SHORT_WINDOW", 0)  # every window through SDPA
     flash = logits_and_gradients()
     assert len(calls) == config.n_layer
     torch.testing.assert_close(short[0], flash[0])

@@ -133,7 +133,7 @@ def save_bundle(
     from safetensors.torch import save_file
 
     from lmforge.models.presets import model_type
-    from lmforge.quantize import quantized_mode
+    from lmforge.models.quantized import quantized_mode
 
     if quantized_mode(model) != "none":
         raise ConfigError("a quantised model cannot be saved as a bundle; load it unquantised")

@@ -18,21 +18,12 @@ from pathlib import Path
 import torch
 
 from lmforge.models.gpt import GPTConfig
+from lmforge.paths import cache_root
 
 FORMAT_VERSION = 3  # 3: an int4 model's output head has tensors of its own
 # torch's own format: it aligns every tensor to 64 bytes (the int8/int4 kernels' vector loads
 # need that; safetensors packs at 8) and `torch.load(mmap=True)` maps it without a copy.
 WEIGHTS_FILE = "model.pt"
-
-
-def cache_root() -> Path | None:
-    """`$LMFORGE_CACHE_DIR`, else `$XDG_CACHE_HOME/lmforge`, else `~/.cache/lmforge`; "off" disables."""
-    configured = os.environ.get("LMFORGE_CACHE_DIR")
-    if configured == "off":
-        return None
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmforge"
 
 
 def variant(quantize: str, group_size: int) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lmforge.data.corpus import Corpus
 from lmforge.errors import ConfigError
+from lmforge.paths import cache_root
 from lmforge.tokenizers import Tokenizer
 
 FORMAT_VERSION = 1
@@ -40,8 +41,6 @@ def tokenizer_digest(tokenizer: Tokenizer) -> str:
 
 
 def tokens_root() -> Path:
-    from lmforge.checkpoints.cache import cache_root
-
     root = cache_root()
     return (root / "tokens") if root is not None else Path(tempfile.gettempdir()) / "lmforge-tokens"
 

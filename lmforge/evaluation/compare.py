@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -152,14 +153,19 @@ img{{margin:8px;vertical-align:top}}</style></head><body>
     return path
 
 
-def compare(models: list[str], text: str, data_name: str, prompt: str, out: str | Path,
-            max_new_tokens: int = 40, context: int | None = None, stride: int | None = None):  # fmt: skip
-    """Load each model, measure it, write the report; returns (rows, html path)."""
-    import lmforge
-
+def compare(
+    models: dict[str, Any],
+    text: str,
+    data_name: str,
+    prompt: str,
+    out: str | Path,
+    max_new_tokens: int = 40,
+    context: int | None = None,
+    stride: int | None = None,
+):
+    """Measure each loaded model (name -> `lmforge.LM`), write the report; returns (rows, html path)."""
     rows = []
-    for name in models:
-        lm = lmforge.load(name)
+    for name, lm in models.items():
         with torch.inference_mode():
             rows.append(measure(lm, name, text, prompt, max_new_tokens, context, stride))
     return rows, write_report(rows, data_name, prompt, out)

@@ -26,21 +26,14 @@ import torch.nn.functional as F
 
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
+from lmforge.generation.search import start_token
 
 VIEWS = ("surprisal", "attention", "lens", "states")
 MAX_TOKENS = 256
 
 
 def available_views(model) -> tuple[str, ...]:
-    from lmforge.models.gpt import GPT
-    from lmforge.models.rnn import RNNLM
-    from lmforge.models.transformer import TransformerLM
-
-    if isinstance(model, (GPT, TransformerLM)):
-        return ("surprisal", "attention", "lens")
-    if isinstance(model, RNNLM):
-        return ("surprisal", "states")
-    return ("surprisal",)
+    return ("surprisal", *model.trace_views)
 
 
 def _token_text(tokenizer, token_id: int) -> str:
@@ -50,10 +43,6 @@ def _token_text(tokenizer, token_id: int) -> str:
 @torch.inference_mode()
 def analyse(lm, text: str, views: tuple[str, ...] | None = None, top_k: int = 5) -> dict[str, Any]:
     """Everything the report shows, as plain data (lists and floats)."""
-    from lmforge.generation.search import start_token
-    from lmforge.models.gpt import GPT, Trace
-    from lmforge.models.transformer import TransformerLM
-
     model, tokenizer = lm.model, lm.tokenizer
     offered = available_views(model)
     views = tuple(views or offered)
@@ -72,18 +61,8 @@ def analyse(lm, text: str, views: tuple[str, ...] | None = None, top_k: int = 5)
         raise ConfigError(f"the text is {len(ids)} tokens; explain takes at most {limit}")
     tokens = torch.tensor([[start_token(tokenizer), *ids]], device=model_device(model))
     model.eval()
-    attentions, hidden = None, None
-    if isinstance(model, GPT):
-        trace = Trace()
-        logits, _ = model(tokens, trace=trace)
-        attentions, hidden = trace.attentions, trace.hidden_states
-        head = lambda h: model.lm_head(model.norm(h))  # noqa: E731
-    elif isinstance(model, TransformerLM):
-        logits, attentions, hidden = model.inspect(tokens)
-        norm = model.encoder.norm
-        head = lambda h: model.lm_head(norm(h) if norm is not None else h)  # noqa: E731
-    else:
-        logits, _ = model(tokens)
+    trace = model.trace(tokens)
+    logits = trace.logits
     log_probs = F.log_softmax(logits[0, :-1].float(), dim=-1)
     top = torch.topk(log_probs, top_k, dim=-1)
     labels = [_token_text(tokenizer, t) for t in tokens[0].tolist()]
@@ -108,12 +87,12 @@ def analyse(lm, text: str, views: tuple[str, ...] | None = None, top_k: int = 5)
                 [[round(float(w), 4) for w in row] for row in head_weights]
                 for head_weights in layer[0]
             ]
-            for layer in attentions
+            for layer in trace.attentions
         ]
     if "lens" in views:
         lens = []
-        for h in hidden:
-            probs = head(h)[0].float().softmax(dim=-1)
+        for h in trace.hidden_states:
+            probs = trace.read_out(h)[0].float().softmax(dim=-1)
             best = probs.max(dim=-1)
             lens.append(
                 [
@@ -123,9 +102,8 @@ def analyse(lm, text: str, views: tuple[str, ...] | None = None, top_k: int = 5)
             )
         report["lens"] = lens
     if "states" in views:
-        record = model.inspect(tokens)
         report["states"] = {
-            name: [layer.tolist() for layer in layers] for name, layers in record.items()
+            name: [layer.tolist() for layer in layers] for name, layers in trace.states.items()
         }
     return report
 

@@ -21,7 +21,6 @@ from torch import nn
 
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
-from lmforge.models.rnn import is_stateful
 
 
 @dataclass
@@ -84,7 +83,7 @@ def token_nll(
             f"the text is {len(ids)} token(s) long; perplexity needs at least 2 tokens"
         )
     model.eval()
-    if is_stateful(model):  # one pass, state carried across chunks
+    if model.stateful:  # one pass, state carried across chunks
         chunk, state, losses = context or 1024, None, []
         tokens = torch.tensor([ids], device=model_device(model))
         for start in range(0, len(ids) - 1, chunk):
@@ -122,7 +121,7 @@ def score_ids(
 ) -> Perplexity:  # fmt: skip
     """Score token ids; `text` (what they spell) gives the word, byte and character counts."""
     losses = token_nll(model, ids, context, stride)
-    windowed = not is_stateful(model)
+    windowed = not model.stateful
     context = (context or model_context(model)) if windowed else None
     return Perplexity(
         nll=float(losses.double().sum()),
@@ -164,7 +163,7 @@ def score_chunks(
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    stateful = is_stateful(model)
+    stateful = model.stateful
     device = model_device(model)
     for x, y, first in eval_chunks(tokens, block_size, batch_size):
         x, y = x.to(device), y.to(device)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 
 from lmforge.errors import ConfigError
 
+MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
+
 
 @dataclass
 class GenerationConfig:
@@ -67,7 +69,9 @@ class GenerationConfig:
     def validate(self) -> None:
         def check(name: str, ok: bool, expected: str) -> None:
             if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; expected {expected}")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is invalid; expected {expected}", option=name
+                )
 
         def number(name: str) -> bool:
             value = getattr(self, name)
@@ -156,7 +160,11 @@ class GenerationConfig:
                     f"logit_bias entry {token!r}: {bias!r} is invalid; expected token id (int) -> number"
                 )
         if self.seed is not None:
-            check("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0")
+            check(
+                "seed",
+                isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
+                f"an integer in [0, {MAX_SEED}]",
+            )
         for name in ("prompt_lookup_num_tokens", "num_draft_tokens"):
             value = getattr(self, name)
             check(name, isinstance(value, int) and 0 <= value <= 64, "an integer in [0, 64]")

@@ -17,7 +17,9 @@ from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.processors import History, apply_processors, build_processors
-from lmforge.generation.stream import TextAssembler
+from lmforge.generation.sampling import choose_next, eos_ids, seeded_generator
+from lmforge.generation.speculative import speculative_stream
+from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.tokenizers import Tokenizer
 
 
@@ -33,19 +35,6 @@ class Completion:
     prompt_tokens: int
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     score: float | None = None  # beam search: the length-penalised sequence score
-
-
-@dataclass
-class StreamEvent:
-    """One new token of sequence `index`: its id, log-probability and the text it adds.
-    `token_id` is None only for a sequence that ends with no token (max_new_tokens=0)."""
-
-    index: int
-    token_id: int | None
-    logprob: float | None
-    text: str
-    top_logprobs: dict[int, float] | None = None
-    finish_reason: str | None = None
 
 
 def start_token(tokenizer: Tokenizer, index: int = 0) -> int:
@@ -95,46 +84,6 @@ def _max_new(prompts: list[list[int]], context: int, config: GenerationConfig) -
     return min(config.max_new_tokens, context - max(len(p) for p in prompts))
 
 
-def _top(log_probs: torch.Tensor, k: int) -> list[dict[int, float]]:
-    values, ids = torch.topk(log_probs, k, dim=-1)
-    return [
-        dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(ids, values, strict=True)
-    ]
-
-
-def token_event(
-    row: int,
-    token: int,
-    logprob: float,
-    top: dict[int, float] | None,
-    assembler: TextAssembler,
-    eos: set[int],
-    last: bool,
-) -> StreamEvent:
-    """The event for one new token: its text, and why the sequence ends here, if it does."""
-    reason = None
-    if token in eos:
-        reason, text = "eos", assembler.finish()
-    else:
-        text = assembler.add(token)
-        if assembler.stopped:
-            reason = "stop"
-        elif last:
-            reason, text = "length", text + assembler.finish()
-    return StreamEvent(row, token, logprob, text, top, reason)
-
-
-def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """The random stream sampling draws from: seeded on the model's device, or torch's global one."""
-    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
-
-
-def eos_ids(tokenizer: Tokenizer, config: GenerationConfig) -> set[int]:
-    if config.ignore_eos:
-        return set()
-    return set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
-
-
 def stream_tokens(
     model,
     tokenizer: Tokenizer,
@@ -155,10 +104,21 @@ def stream_tokens(
 def _decode(model, tokenizer, prepared, config, draft_model) -> Iterator[StreamEvent]:
     """The plain decode loop, or the speculative one when a drafter is asked for."""
     if draft_model is not None or config.prompt_lookup_num_tokens:
-        from lmforge.generation.speculative import speculative_stream
-
         return speculative_stream(model, tokenizer, prepared, config, draft_model)
     return _stream_prepared(model, tokenizer, prepared, config)
+
+
+def prefill(model, cache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+    """Run the (left-padded) prompts through the model, filling `cache`; next-token logits."""
+    padded = not bool(mask.all())
+    logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
+    return logits[:, -1], cache
+
+
+def decode_step(model, cache, tokens: torch.Tensor, positions: torch.Tensor):
+    """Feed one new token per row (tokens, positions: (rows,)); next-token logits."""
+    logits, cache = model(tokens[:, None], cache, positions[:, None], None, last_only=True)
+    return logits[:, -1], cache
 
 
 @torch.inference_mode()
@@ -173,10 +133,15 @@ def _stream_prepared(
     slide = config.truncate == "left"
     max_new = config.max_new_tokens if slide else _max_new(prompts, context, config)
     eos = eos_ids(tokenizer, config)
-    steps = build_processors(config, model.config.vocab_size)
+    processors = build_processors(config, model.config.vocab_size)
     device = model_device(model)
     generator = seeded_generator(config.seed, device)
+    if max_new <= 0:
+        for row in range(rows):
+            yield StreamEvent(row, None, None, "", None, "length")
+        return
 
+    # 1) the history every processor reads: prompts (left-padded), then generated tokens
     tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id, device)
     prompt_len = tokens.shape[1]
     history_tokens = torch.full(
@@ -186,52 +151,49 @@ def _stream_prepared(
     history_tokens[:, :prompt_len], history_valid[:, :prompt_len] = tokens, mask
     assemblers = [TextAssembler(tokenizer, config.stop) for _ in range(rows)]
     finished = [False] * rows
-    if max_new <= 0:
-        for row in range(rows):
-            yield StreamEvent(row, None, None, "", None, "length")
-        return
 
+    # 2) prefill: the prompts fill the cache and give the first logits
     cache_len = min(prompt_len + max_new, context)
     cache = model.new_cache(rows, cache_len)
-    slide = slide and hasattr(cache, "length")  # only a KV cache fills up
-    padded = not bool(mask.all())
-    logits, cache = model(tokens, cache, positions, mask if padded else None, last_only=True)
-    next_positions = positions[:, -1:] + 1
+    slide = slide and cache.rewindable  # only a cache of slots fills up and can be rebuilt
+    logits, cache = prefill(model, cache, tokens, mask, positions)
+    next_positions = positions[:, -1] + 1
+
+    # 3) decode: choose a token per row, report it, feed it back
     for step in range(max_new):
-        scores = logits[:, -1].float()
-        log_probs = torch.log_softmax(scores, dim=-1)
         width = prompt_len + step
         history = History(history_tokens[:, :width], history_valid[:, :width], prompt_len)
-        scores = apply_processors(steps, history, scores)
-        if config.sampling:
-            choice = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        else:
-            choice = scores.argmax(dim=-1)
-        history_tokens[:, width], history_valid[:, width] = choice, True
-        chosen_logprobs = log_probs.gather(1, choice[:, None]).squeeze(1).tolist()
-        tops = _top(log_probs, config.top_logprobs) if config.top_logprobs else None
-        for row, token in enumerate(choice.tolist()):
+        choice = choose_next(logits, config, processors, history, generator)
+        chosen = torch.tensor(choice.tokens, device=device)
+        history_tokens[:, width], history_valid[:, width] = chosen, True
+        for row, token in enumerate(choice.tokens):
             if finished[row]:
                 continue
             event = token_event(
-                row, token, chosen_logprobs[row], tops[row] if tops else None,
-                assemblers[row], eos, last=step == max_new - 1,
-            )  # fmt: skip
+                row,
+                token,
+                choice.logprobs[row],
+                choice.top[row] if choice.top else None,
+                assemblers[row],
+                eos,
+                last=step == max_new - 1,
+            )
             finished[row] = event.finish_reason is not None
             yield event
         if all(finished):
             return
         if slide and cache.length >= cache_len:
+            # 4) the cache is full: start again from the newest half of each row's text
             keep = max(1, context // 2)
             window = history_tokens[:, width + 1 - keep : width + 1]
             valid = history_valid[:, width + 1 - keep : width + 1]
             positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-            cache = model.new_cache(rows, cache_len)
-            window_mask = None if bool(valid.all()) else valid
-            logits, cache = model(window, cache, positions, window_mask, last_only=True)
-            next_positions = positions[:, -1:] + 1
+            logits, cache = prefill(
+                model, model.new_cache(rows, cache_len), window, valid, positions
+            )
+            next_positions = positions[:, -1] + 1
             continue
-        logits, cache = model(choice[:, None], cache, next_positions, None, last_only=True)
+        logits, cache = decode_step(model, cache, chosen, next_positions)
         next_positions = next_positions + 1
 
 

@@ -19,9 +19,9 @@ import torch
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
-from lmforge.generation.processors import History, apply_processors, build_processors
-from lmforge.generation.search import StreamEvent, _top, eos_ids, token_event
-from lmforge.generation.stream import TextAssembler
+from lmforge.generation.processors import build_processors
+from lmforge.generation.sampling import choose_next, eos_ids, history_of
+from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.tokenizers import Tokenizer
 
 
@@ -86,7 +86,7 @@ def speculative_stream(
     option = "draft_model" if draft_model is not None else "prompt_lookup_num_tokens"
     config.check_speculative(option)
     for role, m in (("model", model), ("draft_model", draft_model)):
-        if m is not None and not hasattr(m.new_cache(1, 1), "length"):
+        if m is not None and not m.new_cache(1, 1).rewindable:
             raise ConfigError(
                 f"{option} needs a {role} with a key/value cache (a GPT); "
                 f"{type(m).__name__} cannot rewind its state to drop rejected tokens"
@@ -112,35 +112,31 @@ def speculative_stream(
 
 def _one_sequence(model, tokenizer, row, prompt, max_new, k, config, drafter):
     eos = eos_ids(tokenizer, config)
-    steps = build_processors(config, model.config.vocab_size)
+    processors = build_processors(config, model.config.vocab_size)
     assembler = TextAssembler(tokenizer, config.stop)
     cache = model.new_cache(1, min(len(prompt) + max_new + k, model.max_seq_len))
     tokens = list(prompt)
     device = model_device(model)
-    if len(prompt) > 1:
+    if len(prompt) > 1:  # prefill all but the last prompt token, which each round feeds first
         _, cache = model(torch.tensor([prompt[:-1]], device=device), cache)
     generated = 0
     while True:
+        # 1) draft up to k tokens; 2) one forward pass scores the last token and the draft
         room = min(k, max_new - generated - 1, cache.max_len - len(tokens))
         draft = drafter.propose(tokens, room) if room > 0 else []
         start = cache.length
         logits, cache = model(torch.tensor([tokens[-1:] + draft], device=device), cache)
-        log_probs = torch.log_softmax(logits[0].float(), dim=-1)
+        # 3) keep the draft while it agrees with the model's own choice, plus that choice
         accepted = 0
         for i in range(len(draft) + 1):
-            scores = logits[0, i : i + 1].float()
-            if steps:  # the history tensor is only built when a processor reads it
-                history = torch.tensor([tokens], device=device)
-                valid = torch.ones_like(history, dtype=torch.bool)
-                scores = apply_processors(steps, History(history, valid, len(prompt)), scores)
-            token = int(scores.argmax())
+            history = history_of(tokens, len(prompt), device) if processors else None
+            choice = choose_next(logits[0, i : i + 1], config, processors, history, None)
+            token = choice.tokens[0]
             tokens.append(token)
             generated += 1
-            tops = (
-                _top(log_probs[i : i + 1], config.top_logprobs)[0] if config.top_logprobs else None
-            )
+            top = choice.top[0] if choice.top else None
             event = token_event(
-                row, token, float(log_probs[i, token]), tops, assembler, eos, generated == max_new
+                row, token, choice.logprobs[0], top, assembler, eos, generated == max_new
             )
             yield event
             if event.finish_reason is not None:

@@ -1,6 +1,9 @@
-"""Token ids -> text deltas, safely: never half a UTF-8 character, never part of a stop string."""
+"""Token ids -> text deltas, safely: never half a UTF-8 character, never part of a stop string;
+and the event a stream yields for each new token."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from lmforge.tokenizers import Tokenizer
 
@@ -69,3 +72,38 @@ class TextAssembler:
                     longest = n
                     break
         return longest
+
+
+@dataclass
+class StreamEvent:
+    """One new token of sequence `index`: its id, log-probability and the text it adds.
+    `token_id` is None only for a sequence that ends with no token (max_new_tokens=0)."""
+
+    index: int
+    token_id: int | None
+    logprob: float | None
+    text: str
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None
+
+
+def token_event(
+    row: int,
+    token: int,
+    logprob: float,
+    top: dict[int, float] | None,
+    assembler: TextAssembler,
+    eos: set[int],
+    last: bool,
+) -> StreamEvent:
+    """The event for one new token: its text, and why the sequence ends here, if it does."""
+    reason = None
+    if token in eos:
+        reason, text = "eos", assembler.finish()
+    else:
+        text = assembler.add(token)
+        if assembler.stopped:
+            reason = "stop"
+        elif last:
+            reason, text = "length", text + assembler.finish()
+    return StreamEvent(row, token, logprob, text, top, reason)

@@ -6,6 +6,7 @@
 so one generation engine, trainer and evaluator serve them all.
 """
 
-from lmforge.models.gpt import GPT, GPTConfig, KVCache
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.kv_cache import KVCache
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]

@@ -2,8 +2,8 @@
 
 A `GPTConfig` chooses the pieces that differ between families: learned positions or RoPE,
 LayerNorm or RMSNorm, a GELU MLP or SwiGLU, biases, grouped-query attention, tied embeddings.
-Attention runs through `F.scaled_dot_product_attention` over a pre-allocated `KVCache`, so the
-same forward pass does prefill (many tokens) and decode (one token per step).
+Attention (`lmforge.models.attention`) reads and writes a pre-allocated `KVCache`, so the same
+forward pass does prefill (many tokens) and decode (one token per step).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
-
-# Training attention over at most this many fp32 tokens runs as two batched matrix products and a
-# softmax: forward and backward together that takes 0.5-0.8x the time of PyTorch's CPU flash
-# kernel at 64 tokens, 0.65-1.0x at 128; by 256 flash attention wins. Without gradients the flash
-# kernel is as fast or faster (up to 2x with grouped-query heads), so inference keeps it.
-SHORT_WINDOW = 128
+from lmforge.models.attention import attend, eager_attention
+from lmforge.models.kv_cache import KVCache
+from lmforge.models.protocol import Trace
+from lmforge.models.quantized import quantized_mode, retie
 
 
 @dataclass
@@ -93,71 +91,6 @@ class GPTConfig:
         return asdict(self)
 
 
-class KVCache:
-    """Pre-allocated keys and values for every layer, and which slots hold real (not padding) tokens.
-
-    Slots fill left to right; `length` is how many are filled. All rows advance together, so a
-    batch of prompts of different lengths is left-padded and the padding slots are marked invalid.
-    """
-
-    def __init__(
-        self, config: GPTConfig, batch_size: int, max_len: int, dtype: torch.dtype, device
-    ):
-        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
-        # One tensor per layer rather than one stacked tensor: a compiled decode step then
-        # writes each layer's slot in place (a view of a stacked input would be copied whole).
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
-        self.length = 0
-        self.has_padding = False
-
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[2]
-
-    def reserve(self, n_tokens: int, mask: torch.Tensor | None) -> int:
-        """Claim the next `n_tokens` slots (marking padding from `mask`); return the first slot."""
-        start = self.length
-        if start + n_tokens > self.max_len:
-            raise ConfigError(
-                f"KV cache full: {start} + {n_tokens} tokens exceed max_len={self.max_len}"
-            )
-        if mask is not None:
-            self.valid[:, start : start + n_tokens] = mask
-            self.has_padding = self.has_padding or not bool(mask.all())
-        self.length = start + n_tokens
-        return start
-
-    def first_rows(self, n: int) -> KVCache:
-        """A cache over rows [0, n) sharing this one's memory (writes land here too); a
-        server runs only its busy rows through the model."""
-        view = object.__new__(KVCache)
-        view.k, view.v = [t[:n] for t in self.k], [t[:n] for t in self.v]
-        view.valid = self.valid[:n]
-        view.length, view.has_padding = self.length, self.has_padding
-        return view
-
-    def truncate(self, length: int) -> None:
-        """Forget every slot from `length` on (speculative decoding drops rejected tokens)."""
-        if not 0 <= length <= self.length:
-            raise ConfigError(f"cannot truncate a KV cache of {self.length} slots to {length}")
-        self.length = length
-
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Write this step's keys/values for one layer; return all keys/values so far."""
-        end = start + k.shape[2]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep/duplicate batch rows (beam search picks which beams continue)."""
-        self.k = [t[rows] for t in self.k]
-        self.v = [t[rows] for t in self.v]
-        self.valid = self.valid[rows]
-
-
 def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
     """RoPE frequencies, with the checkpoint's scaling ("linear" or Llama 3's "llama3")."""
     dim = config.head_dim
@@ -209,95 +142,20 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = q.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
+        k = k.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
         v = v.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.update(self.layer, start, k, v)
-        if trace is not None:
-            return self.out(self._eager(q, k, v, trace).transpose(1, 2).reshape(batch, seq, q_size))
-        if seq == 1 and torch.compiler.is_compiling():
-            return self.out(self._one_query(q, k, v, attn_mask))
-        if seq == 1 and q.dtype != torch.float32:
-            # One new token sees every key, so the query heads sharing a kv head can be treated
-            # as that head's rows: one small attention per kv head. PyTorch's reduced-precision
-            # CPU kernel is several times slower on a single query row.
-            group = self.n_head // self.n_kv_head
-            y = F.scaled_dot_product_attention(
-                q.reshape(batch, self.n_kv_head, group, self.head_dim), k, v, attn_mask=attn_mask
-            )
-            return self.out(y.reshape(batch, 1, q_size))
-        short = 1 < seq <= SHORT_WINDOW and q.requires_grad and q.dtype == torch.float32
-        if attn_mask is None and short:
-            y = self._short_causal(q, k, v)
-            return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None and seq > 1,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
-        return self.out(y.transpose(1, 2).reshape(batch, seq, q_size))
-
-    def _short_causal(self, q, k, v) -> torch.Tensor:
-        """Causal softmax(q k^T / sqrt(d)) v for a short training window (no cache), as
-        `baddbmm` (scores plus the causal mask in one product), softmax and `bmm`. Each kv head
-        takes its group of query heads as extra rows: grouped-query attention repeats no k or v."""
-        batch, _, seq, dim = q.shape
-        group, heads = self.n_head // self.n_kv_head, batch * self.n_kv_head
-        future = torch.full((seq, seq), float("-inf"), device=q.device, dtype=q.dtype).triu(1)
-        scores = torch.baddbmm(
-            future.repeat(group, 1) if group > 1 else future,  # row g * seq + i is query i
-            q.reshape(heads, group * seq, dim),
-            k.reshape(heads, seq, dim).transpose(1, 2),
-            alpha=1.0 / math.sqrt(dim),
-        )
-        y = torch.bmm(scores.softmax(dim=-1), v.reshape(heads, seq, dim))
-        return y.view(batch, self.n_head, seq, dim)
-
-    def _one_query(self, q, k, v, attn_mask) -> torch.Tensor:
-        """One new token's attention as products and sums, which inductor fuses into a few
-        loops (0.9 ms a step less than calling SDPA's kernel 30 times, on SmolLM2-135M):
-        softmax(q k^T / sqrt(d)) v in float32, each kv head serving its group of query heads."""
-        batch, group = q.shape[0], self.n_head // self.n_kv_head
-        q = q.reshape(batch, self.n_kv_head, group, 1, self.head_dim).float()
-        # Store the rotated query in a buffer of its own (a scatter is never inlined): left as
-        # an expression, inductor recomputes its RoPE inside the loop over keys, for every key
-        # (105 against 38 us a layer at 360 keys on SmolLM2; ~5% of a step at 100 keys).
-        q = torch.zeros_like(q).index_copy_(0, torch.arange(batch, device=q.device), q)
-        scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(self.head_dim)
-        if attn_mask is not None:  # (batch, 1, 1, keys), True where a key may be seen
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        weights = scores.softmax(dim=-1)  # (batch, kv heads, group, keys)
-        y = (weights[..., None] * v[:, :, None].float()).sum(-2)
-        return y.to(v.dtype).reshape(batch, 1, self.n_head * self.head_dim)
-
-    def _eager(self, q, k, v, trace: Trace) -> torch.Tensor:
-        """Attention written out (softmax(q k^T / sqrt(d)) v, causal) so its weights can be
-        kept; used only when a `Trace` asks for them, the fast path stays SDPA."""
-        group = self.n_head // self.n_kv_head
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-        seq, keys = scores.shape[-2:]
-        future = torch.ones(seq, keys, dtype=torch.bool, device=q.device).triu(keys - seq + 1)
-        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+            k, v = cache.update(self.layer, start, k, v)  # every key and value so far
+        if trace is None:
+            return self.out(attend(q, k, v, attn_mask))  # (B, T, d)
+        y, weights = eager_attention(q, k, v)
         trace.attentions.append(weights)
-        return (weights @ v.float()).to(q.dtype)
-
-
-@dataclass
-class Trace:
-    """What `GPT.forward(..., trace=Trace())` records: each layer's attention weights
-    (batch, heads, queries, keys) and the residual stream after each block (batch, seq, d)."""
-
-    attentions: list[torch.Tensor] = field(default_factory=list)
-    hidden_states: list[torch.Tensor] = field(default_factory=list)
+        return self.out(y)
 
 
 class MLP(nn.Module):
@@ -361,6 +219,9 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only transformer speaking lmforge's model protocol."""
 
+    stateful = False
+    trace_views = ("attention", "lens")
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -378,7 +239,8 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         if config.position == "rope":
             self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
-        self.compiled_decoder = None  # set by compile_decode()
+        # A faster single-token step installed from outside the model (`lmforge.generation.compiled`)
+        self.compiled_decoder = None
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
@@ -387,8 +249,6 @@ class GPT(nn.Module):
         tied = self.head_reads_embedding()
         super()._apply(fn, recurse)
         if tied and not self.head_reads_embedding():
-            from lmforge.quantize import retie
-
             retie(self)
         if self.config.position == "rope":
             self.inv_freq = rope_inverse_frequencies(self.config).to(self.norm.weight.device)
@@ -405,12 +265,11 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}"
             )
-        if self.compiled_decoder is not None:
-            # Each cache length is its own compiled graph: round up to a power of two so a few
-            # graphs serve every request (attention reads only the filled slots either way).
-            max_len = min(max(256, 1 << (max_len - 1).bit_length()), self.config.max_seq_len)
-            self.compiled_decoder.refresh_weights()
-        return KVCache(self.config, batch_size, max_len, self.dtype, self.norm.weight.device)
+        if self.compiled_decoder is not None:  # it picks the lengths it has graphs for
+            max_len = self.compiled_decoder.cache_length(max_len)
+        c = self.config
+        device = self.norm.weight.device
+        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim, self.dtype, device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -463,6 +322,32 @@ class GPT(nn.Module):
             x = x[:, -1:]
         return self.lm_head(self.norm(x)), cache
 
+    def trace(self, input_ids: torch.Tensor) -> Trace:
+        """One unpadded sequence through eager attention, keeping every layer's attention weights
+        and residual stream; `read_out` is the model's own final norm and head (the logit lens)."""
+        record = Trace(read_out=lambda h: self.lm_head(self.norm(h)))
+        record.logits, _ = self(input_ids, trace=record)
+        return record
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        positions = c.position + (f" (theta {c.rope_theta:g})" if c.position == "rope" else "")
+        return {
+            "family": c.extra.get("family"),
+            "format": c.extra.get("source_format"),
+            "quantization (source)": c.extra.get("quantization"),
+            "parameters": self.num_parameters(),
+            "layers": c.n_layer,
+            "d_model": c.d_model,
+            "heads": f"{c.n_head} (kv {c.n_kv_head})",
+            "context length": c.max_seq_len,
+            "positions": positions,
+            "norm / mlp": f"{c.norm} / {c.mlp}",
+            "tied embeddings": c.tie_embeddings,
+            "vocab size": c.vocab_size,
+            "quantization (runtime)": quantized_mode(self),
+        }
+
     def embed_tokens(
         self, input_ids: torch.Tensor, positions: torch.Tensor, first: int | None = None
     ):
@@ -480,15 +365,6 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
         return x, rope
-
-    def compile_decode(self) -> None:
-        """Run single-token decode steps through a step compiled ahead of time by AOTInductor
-        (see `lmforge.models.compiled`): about half the CPU time a step on small models, after a
-        one-off compile of about a minute per input layout, kept on disk. Weights are re-read
-        for every new KV cache; new weight shapes or types (e.g. quantising later) compile anew."""
-        from lmforge.models.compiled import CompiledDecoder
-
-        self.compiled_decoder = CompiledDecoder(self)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions[..., None].float() * self.inv_freq  # (batch, seq, head_dim / 2)

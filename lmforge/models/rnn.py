@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.protocol import Trace
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
@@ -49,14 +50,38 @@ class RNNConfig:
 
 
 class RNNState:
-    """The generation cache of a recurrent model: its hidden state, one row per sequence."""
+    """The generation cache of a recurrent model: its hidden state, one row per sequence
+    ((layers, batch, hidden); an LSTM's is a (h, c) pair)."""
+
+    bounded = False  # no slots to fill: a state of fixed size summarises any length of text
+    rewindable = False  # a state cannot forget its newest tokens
 
     def __init__(self, hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         self.hidden = hidden
 
+    @property
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        return self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+
     def _map(self, fn) -> None:
         h = self.hidden
         self.hidden = tuple(fn(t) for t in h) if isinstance(h, tuple) else fn(h)
+
+    def place_row(self, index: int, alone: RNNState) -> None:
+        """Copy a one-row state into row `index` (a server admitting a request)."""
+        for mine, theirs in zip(self.parts, alone.parts, strict=True):
+            mine[:, index] = theirs[:, 0]
+
+    def first_rows(self, n: int) -> RNNState:
+        """The state of rows [0, n); the model replaces a state's tensors as it runs, so hand the
+        view back with `catch_up` afterwards."""
+        h = self.hidden
+        return RNNState(tuple(t[:, :n] for t in h) if isinstance(h, tuple) else h[:, :n])
+
+    def catch_up(self, view: RNNState) -> None:
+        """Take the new state of a `first_rows` view as these rows' own."""
+        for mine, theirs in zip(self.parts, view.parts, strict=True):
+            mine[:, : theirs.shape[1]] = theirs
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep/duplicate batch rows (beam search picks which beams continue)."""
@@ -68,16 +93,13 @@ class RNNState:
         return self
 
 
-def is_stateful(model: nn.Module) -> bool:
-    """Recurrent models carry their hidden state from one chunk of text to the next."""
-    return isinstance(model, RNNLM)
-
-
 class RNNLM(nn.Module):
     """Embedding, a stack of recurrent layers, and a (possibly tied) output projection."""
 
     # Recurrence has no context window; this bounds prompt + generated tokens in the engine only.
     max_seq_len = 1 << 30
+    stateful = True  # the hidden state carries a text from one chunk to the next
+    trace_views = ("states",)
 
     def __init__(self, config: RNNConfig):
         super().__init__()
@@ -156,10 +178,15 @@ class RNNLM(nn.Module):
         return torch.cat(outputs, dim=1)
 
     @torch.inference_mode()
-    def inspect(self, input_ids: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        """Run one sequence (1, seq) step by step with the layers' own weights and return, per
-        layer, its hidden states and gate activations (seq, hidden): LSTM input/forget/cell/
-        output gates and cell state, GRU reset/update/candidate, a plain RNN its hidden state."""
+    def trace(self, input_ids: torch.Tensor) -> Trace:
+        """The logits of one sequence (1, seq), and its `states`: the sequence run again step by
+        step with the layers' own weights, keeping per layer its hidden states and gate
+        activations (seq, hidden): LSTM input/forget/cell/output gates and cell state, GRU
+        reset/update/candidate, a plain RNN its hidden state."""
+        logits, _ = self(input_ids)
+        return Trace(logits=logits, states=self._states(input_ids))
+
+    def _states(self, input_ids: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         c = self.config
         x = self.embed(input_ids[0])
         record: dict[str, list[torch.Tensor]] = {}
@@ -199,6 +226,10 @@ class RNNLM(nn.Module):
                 record.setdefault(name, []).append(torch.stack(values))
             x = record["hidden state"][-1]
         return record
+
+    def describe(self) -> dict[str, Any]:
+        details = {k: v for k, v in self.config.to_dict().items() if k != "extra"}
+        return {"parameters": self.num_parameters(), **details}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

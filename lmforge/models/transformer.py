@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.protocol import Trace
 
 
 @dataclass
@@ -63,6 +64,9 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
 class TokenWindow:
     """The generation cache of a cache-free model: the tokens seen so far and which are real."""
 
+    bounded = False  # it grows; the model reads only the newest window of it
+    rewindable = False  # speculative decoding needs a KV cache: nothing here to gain from it
+
     def __init__(self, batch_size: int, device):
         self.tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
@@ -84,6 +88,8 @@ class TransformerLM(nn.Module):
     """Token embedding + sinusoidal positions -> causal `nn.TransformerEncoder` -> linear head."""
 
     max_seq_len = 1 << 30  # generation slides the window; `config.max_seq_len` is the window
+    stateful = False
+    trace_views = ("attention", "lens")
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -152,9 +158,9 @@ class TransformerLM(nn.Module):
         return self.lm_head(out)
 
     @torch.inference_mode()
-    def inspect(self, input_ids: torch.Tensor):
+    def trace(self, input_ids: torch.Tensor) -> Trace:
         """Run one sequence layer by layer, keeping each layer's attention weights (1, heads,
-        seq, seq) and output; returns (logits, attentions, hidden_states)."""
+        seq, seq) and output."""
         seq = input_ids.shape[1]
         if seq > self.config.max_seq_len:
             raise ConfigError(f"inspect takes at most {self.config.max_seq_len} tokens, got {seq}")
@@ -178,8 +184,17 @@ class TransformerLM(nn.Module):
                 x = layer.norm2(x + feed_forward(x))
             attentions.append(weights)
             hidden.append(x)
-        out = self.encoder.norm(x) if self.encoder.norm is not None else x
-        return self.lm_head(out), attentions, hidden
+        record = Trace(attentions=attentions, hidden_states=hidden, read_out=self._read_out)
+        record.logits = self._read_out(x)
+        return record
+
+    def _read_out(self, hidden: torch.Tensor) -> torch.Tensor:
+        norm = self.encoder.norm
+        return self.lm_head(norm(hidden) if norm is not None else hidden)
+
+    def describe(self) -> dict[str, Any]:
+        details = {k: v for k, v in self.config.to_dict().items() if k != "extra"}
+        return {"parameters": self.num_parameters(), **details}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.generation.processors import History, apply_processors, build_processors
-from lmforge.generation.search import StreamEvent, _top, eos_ids, seeded_generator, token_event
-from lmforge.generation.stream import TextAssembler
+from lmforge.generation.processors import build_processors
+from lmforge.generation.sampling import choose_next, eos_ids, history_of, seeded_generator
+from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.serve.rows import row_store
 
 DONE = object()  # the end-of-request marker on a job's event queue
@@ -206,30 +206,29 @@ class Batcher:
                 job.put(TimeoutError("the request took longer than the server's timeout"))
                 self._free(index)
                 continue
-            config, log_probs = row.config, torch.log_softmax(row.logits, dim=-1)
-            max_new = config.max_new_tokens
+            config, max_new = row.config, row.config.max_new_tokens
             if max_new == 0:
                 self._finish(index, StreamEvent(row.choice, None, None, "", None, "length"))
                 continue
-            scores = row.logits[None]
-            if row.processors:  # the history tensor is only built when a processor reads it
-                history = torch.tensor([row.tokens], device=self.store.device)
-                valid = torch.ones_like(history, dtype=torch.bool)
-                scores = apply_processors(
-                    row.processors, History(history, valid, row.prompt_len), scores
-                )
-            if config.sampling:
-                probs = scores.softmax(dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=row.generator))
-            else:
-                token = int(scores.argmax())
+            history = (
+                history_of(row.tokens, row.prompt_len, self.store.device)
+                if row.processors
+                else None
+            )
+            choice = choose_next(row.logits[None], config, row.processors, history, row.generator)
+            token = choice.tokens[0]
             row.tokens.append(token)
             row.generated += 1
-            top = _top(log_probs[None], config.top_logprobs)[0] if config.top_logprobs else None
+            top = choice.top[0] if choice.top else None
             event = token_event(
-                row.choice, token, float(log_probs[token]), top, row.assembler, row.eos,
+                row.choice,
+                token,
+                choice.logprobs[0],
+                top,
+                row.assembler,
+                row.eos,
                 last=row.generated == max_new,
-            )  # fmt: skip
+            )
             if event.finish_reason is None:
                 self.outbox.put(job, (row.choice, event))
             else:

@@ -25,7 +25,7 @@ class KVRows:
     def __init__(self, model, max_batch: int, cache_len: int):
         self.model, self.device = model, model_device(model)
         self.cache = model.new_cache(max_batch, min(cache_len, model.max_seq_len))
-        self.cache.valid.zero_()
+        self.cache.empty_rows()
         self.starts: dict[int, int] = {}  # row -> slot of its first prompt token
         self.shifts = 0  # timeline moves (a long prompt joined, or the cache end was reached)
 
@@ -38,20 +38,14 @@ class KVRows:
         logits, alone = self.model(
             torch.tensor([prompt], device=self.device), alone, last_only=True
         )
-        cache, length = self.cache, len(prompt)
-        if length > cache.length:
-            self._shift(length - cache.length)
-        end = cache.length
-        for mine, theirs in zip(cache.k + cache.v, alone.k + alone.v, strict=True):
-            mine[index, :, end - length : end] = theirs[0, :, :length]
-        cache.valid[index] = False
-        cache.valid[index, end - length : end] = True
-        cache.has_padding = True
-        self.starts[index] = end - length
+        if len(prompt) > self.cache.length:
+            self._shift(len(prompt) - self.cache.length)
+        self.cache.place_row(index, alone)
+        self.starts[index] = self.cache.length - len(prompt)
         return logits[0, -1]
 
     def free(self, index: int) -> None:
-        self.cache.valid[index] = False
+        self.cache.free_row(index)
         self.starts.pop(index, None)
         # Every step attends over the whole timeline, so drop the slots no running row needs
         # once they are over half of it: each move copies less than half the timeline, and
@@ -62,20 +56,8 @@ class KVRows:
 
     def _shift(self, offset: int) -> None:
         """Move the timeline `offset` slots right (> 0) or left (< 0), keeping every row."""
-        cache, length = self.cache, self.cache.length
         self.shifts += 1
-        if offset > 0:
-            for t in cache.k + cache.v:
-                t[:, :, offset : offset + length] = t[:, :, :length].clone()
-            cache.valid[:, offset : offset + length] = cache.valid[:, :length].clone()
-            cache.valid[:, :offset] = False
-        else:
-            keep = length + offset
-            for t in cache.k + cache.v:
-                t[:, :, :keep] = t[:, :, -offset:length].clone()
-            cache.valid[:, :keep] = cache.valid[:, -offset:length].clone()
-        cache.valid[:, length + offset :] = False
-        cache.length = length + offset
+        self.cache.shift(offset)
         self.starts = {row: start + offset for row, start in self.starts.items()}
 
     def step(self, histories: dict[int, list[int]], pad_id: int) -> dict[int, torch.Tensor]:
@@ -94,7 +76,7 @@ class KVRows:
             torch.tensor(mask, device=self.device)[:, None],
             last_only=True,
         )
-        cache.length = view.length
+        cache.catch_up(view)
         return {i: logits[i, -1] for i in histories}
 
 
@@ -109,30 +91,20 @@ class StateRows:
 
     def prefill(self, index: int, prompt: list[int]) -> torch.Tensor:
         logits, alone = self.model(torch.tensor([prompt], device=self.device), None, last_only=True)
-        parts = alone.hidden if isinstance(alone.hidden, tuple) else (alone.hidden,)
-        mine = self.state.hidden if isinstance(self.state.hidden, tuple) else (self.state.hidden,)
-        for target, source in zip(mine, parts, strict=True):
-            target[:, index] = source[:, 0]
+        self.state.place_row(index, alone)
         return logits[0, -1]
 
     def free(self, index: int) -> None:
         pass  # the next prefill of this row overwrites its state
 
     def step(self, histories: dict[int, list[int]], pad_id: int) -> dict[int, torch.Tensor]:
-        from lmforge.models.rnn import RNNState
-
         busy = max(histories) + 1
         ids = [pad_id] * busy
         for i, history in histories.items():
             ids[i] = history[-1]
         tokens = torch.tensor(ids, device=self.device)[:, None]
-        hidden = self.state.hidden
-        view = RNNState(tuple(t[:, :busy] for t in hidden) if isinstance(hidden, tuple) else hidden[:, :busy])  # fmt: skip
-        logits, view = self.model(tokens, view, last_only=True)
-        new = view.hidden if isinstance(view.hidden, tuple) else (view.hidden,)
-        old = hidden if isinstance(hidden, tuple) else (hidden,)
-        for target, source in zip(old, new, strict=True):
-            target[:, :busy] = source  # free rows get junk; their next prefill overwrites it
+        logits, view = self.model(tokens, self.state.first_rows(busy), last_only=True)
+        self.state.catch_up(view)  # free rows get junk; their next prefill overwrites it
         return {i: logits[i, -1] for i in histories}
 
 
@@ -169,13 +141,9 @@ class WindowRows:
 
 
 def row_store(model, max_batch: int, cache_len: int):
-    """The store that fits `model`'s generation cache."""
-    from lmforge.models.gpt import KVCache
-    from lmforge.models.rnn import RNNState
-
-    kind = type(model.new_cache(1, 1))
-    if kind is KVCache:
+    """The store that fits `model`'s generation cache, by what the cache declares it can do."""
+    if model.new_cache(1, 1).bounded:
         return KVRows(model, max_batch, cache_len)
-    if kind is RNNState:
+    if model.stateful:
         return StateRows(model, max_batch, cache_len)
     return WindowRows(model, max_batch, cache_len)

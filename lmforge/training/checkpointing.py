@@ -15,35 +15,11 @@ from typing import Any
 import torch
 
 from lmforge.errors import CheckpointError
+from lmforge.paths import fsync_directory, write_atomically
 
 STATE_FORMAT = 1
 LAST, PREVIOUS = "last.pt", "previous.pt"
 REQUIRED = ("format", "step", "config", "model", "optimizer", "scheduler", "rng", "data")
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`.
-    On any error the temporary file is removed and `path` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_state(state: dict[str, Any], directory: Path) -> Path:
@@ -62,7 +38,7 @@ def save_state(state: dict[str, Any], directory: Path) -> Path:
     if last.exists():
         os.replace(last, directory / PREVIOUS)
     os.replace(staged, last)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return last
 
 

@@ -27,7 +27,6 @@ from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus, tokenizer_digest
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.evaluation.perplexity import score_chunks
-from lmforge.models.rnn import is_stateful
 from lmforge.tokenizers import Tokenizer
 from lmforge.training import checkpointing
 from lmforge.training.allocator import keep_freed_memory
@@ -137,7 +136,7 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
         model = load_checkpoint(config.init_from).model.float()
         model.config.max_seq_len = max(model.config.max_seq_len, config.block_size)
         if config.lora_rank:
-            from lmforge.training.lora import apply_lora
+            from lmforge.models.lora import apply_lora
 
             apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
         return model
@@ -202,7 +201,7 @@ class Trainer:
         self.splits = split_tokens(tokens, config.val_fraction, config.test_fraction)
         self.model = build_model(config, self.tokenizer).to(self.dist.device)
         self.model.train()
-        self.stateful = is_stateful(self.model)
+        self.stateful = self.model.stateful
         batches_cls = Streams if self.stateful else RandomWindows
         args = (self.splits.train, config.block_size, config.batch_size)
         self.batches = batches_cls(*args) if self.stateful else batches_cls(*args, config.seed)
@@ -445,9 +444,20 @@ class Trainer:
 
         extra = {"train": self.config.to_dict(), "step": self.step}
         if self.config.lora_rank and not self.config.merge_lora:
-            from lmforge.training.adapters import save_adapter
+            from lmforge.checkpoints import resolve
+            from lmforge.checkpoints.adapters import save_adapter
 
-            save_adapter(self.model, self.config, self.tokenizer, directory)
+            c = self.config
+            base = resolve(c.init_from)
+            save_adapter(
+                self.model,
+                base,
+                c.lora_rank,
+                c.lora_alpha,
+                c.lora_targets,
+                self.tokenizer,
+                directory,
+            )
             return
         model = self.model
         if self.config.fsdp:
@@ -460,7 +470,7 @@ class Trainer:
         if self.config.lora_rank:
             import copy
 
-            from lmforge.training.lora import merge_lora
+            from lmforge.models.lora import merge_lora
 
             model = merge_lora(copy.deepcopy(model))
         save_bundle(model, self.tokenizer, directory, extra_config=extra)
@@ -479,7 +489,7 @@ class Trainer:
                 get_optimizer_state_dict(self.model, self.optimizer, options=options),
             )
         if self.config.lora_rank:  # the frozen base is rebuilt from init_from on resume
-            from lmforge.training.lora import lora_state_dict
+            from lmforge.models.lora import lora_state_dict
 
             return lora_state_dict(self.model), self.optimizer.state_dict()
         return self.model.state_dict(), self.optimizer.state_dict()

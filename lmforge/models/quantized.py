@@ -332,7 +332,7 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
     """Quantise a float model in place (`mode` in QUANTIZE_MODES); returns it for chaining."""
-    _check_mode(mode, group_size)
+    check_mode(mode, group_size)
     if mode in ("int8", "int4"):  # quantise from the float weights, then cast what is left
         _swap_layers(
             model, mode, group_size, lambda kind, module: _quantized_from(kind, module, group_size)
@@ -343,7 +343,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = 32) -> nn.Modu
 def prepare_quantized(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
     """Swap a model built on the meta device for empty quantised layers (before loading a
     state dict that was saved from a model quantised the same way)."""
-    _check_mode(mode, group_size)
+    check_mode(mode, group_size)
     if mode in ("int8", "int4"):
         _swap_layers(
             model, mode, group_size, lambda kind, module: _empty_like(kind, module, group_size)
@@ -351,7 +351,7 @@ def prepare_quantized(model: nn.Module, mode: str, group_size: int = 32) -> nn.M
     return model
 
 
-def _check_mode(mode: str, group_size: int) -> None:
+def check_mode(mode: str, group_size: int) -> None:
     if mode not in QUANTIZE_MODES:
         raise ConfigError(f"quantize={mode!r}; expected one of {QUANTIZE_MODES}")
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:

@@ -1,0 +1,1 @@
+"""One router per endpoint; `lmforge.serve.app` wires them to one `OpenAIService`."""

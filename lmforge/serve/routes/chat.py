@@ -1,0 +1,104 @@
+"""POST /v1/chat/completions: a conversation in, the assistant's reply out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+
+from lmforge.serve.openai import FINISH_REASONS, OpenAIService, usage
+from lmforge.serve.schemas import APIError, ChatRequest
+
+
+def router(service: OpenAIService) -> APIRouter:
+    routes = APIRouter()
+    lm, model_id = service.lm, service.settings.model_id
+
+    @routes.post("/v1/chat/completions")
+    async def chat(request: Request):
+        req = await service.parse(request, ChatRequest)
+        if not lm.tokenizer.chat_template:
+            raise APIError(
+                400,
+                "this model has no chat template; use /v1/completions",
+                param="messages",
+                code="no_chat_template",
+            )
+        messages = [
+            {
+                "role": m.role,
+                "content": m.content
+                if isinstance(m.content, str)
+                else "".join(p.text for p in m.content),
+            }
+            for m in req.messages
+        ]
+        try:
+            ids = lm.chat_prompt(messages)
+        except Exception as exc:  # noqa: BLE001 - a template may reject a conversation
+            raise APIError(
+                400, f"messages: the chat template rejected them: {exc}", param="messages"
+            ) from None
+        limit = (
+            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        )
+        max_tokens = service.check_length([ids], limit, "messages")
+        if req.top_logprobs and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        options = service.options_for(
+            req, max_tokens, (req.top_logprobs or 0) if req.logprobs else 0
+        )
+        job = await service.submit([ids] * req.n, options)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        if req.stream:
+            head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id}
+            counts = [0] * req.n
+
+            def chunk(choice: int, event) -> dict:
+                first = counts[choice] == 0
+                delta = (
+                    {"role": "assistant", "content": event.text}
+                    if first
+                    else {"content": event.text}
+                )
+                counts[choice] += event.token_id is not None
+                wanted = req.logprobs and event.token_id is not None
+                choice_body = {
+                    "index": choice,
+                    "delta": delta,
+                    "logprobs": service.chat_logprobs([event]) if wanted else None,
+                    "finish_reason": FINISH_REASONS.get(event.finish_reason),
+                }
+                return {**head, "choices": [choice_body]}
+
+            include = req.stream_options is not None and req.stream_options.include_usage
+            final = (
+                (lambda: {**head, "choices": [], "usage": usage(len(ids), sum(counts))})
+                if include
+                else None
+            )
+            return service.stream(job, chunk, final)
+
+        results = await service.collect(job, request, req.n)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": service.chat_logprobs(result.events) if req.logprobs else None,
+                "finish_reason": result.finish_reason,
+            }
+            for i, result in enumerate(results)
+        ]
+        completion_tokens = sum(len(r.events) for r in results)
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": now,
+            "model": model_id,
+            "choices": choices,
+            "usage": usage(len(ids), completion_tokens),
+        }
+
+    return routes
