@@ -8,7 +8,9 @@ Imports of torch and the model code happen inside the verbs, so `lmforge --help`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -363,6 +365,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--{name.replace('_', '-')} {getattr(args, name)}: expected at least 1"
             )
+    listening = _bind(args.host, args.port)  # before loading: a busy port fails at once
     lm = _load(args)
     settings = Settings(
         model_id=args.model_id or str(args.model or DEFAULT_MODEL),
@@ -372,14 +375,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.timeout,
     )
     app = create_app(lm, settings, background_worker=False)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    threading.Thread(target=uvicorn.Server(config).run, name="lmforge-http", daemon=True).start()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[listening])
+        finally:
+            app.state.batcher.stop()  # the HTTP side is gone: nothing more will come
+
+    threading.Thread(target=serve_http, name="lmforge-http", daemon=True).start()
     print(
         f"lmforge serve: http://{args.host}:{args.port}/ (model {settings.model_id!r})",
         file=sys.stderr,
     )
     app.state.batcher.work_forever()  # the model stays on the thread that loaded it
-    return 0
+    return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a clear error (port in use, unknown host, no rights)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+    except OSError as exc:
+        reason = (
+            "is already in use"
+            if exc.errno == errno.EADDRINUSE
+            else f"failed ({exc.strerror or exc})"
+        )
+        raise ConfigError(
+            f"--host {host} --port {port}: listening there {reason}; pick another --port"
+        ) from None
+    return listening
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -388,19 +418,30 @@ def cmd_embed(args: argparse.Namespace) -> int:
     action = args.embed_action
     if action == "train":
         sentences = emb.read_corpus(args.data)
-        common = dict(vector_size=args.size, window=args.window, min_count=args.min_count,
-                      epochs=args.epochs, seed=args.seed)  # fmt: skip
+        common = dict(
+            vector_size=args.size,
+            window=args.window,
+            min_count=args.min_count,
+            epochs=args.epochs,
+            seed=args.seed,
+        )
         if args.method == "glove":
             vectors, stats = emb.train_glove(sentences, **common)
         else:
             vectors, stats = emb.train_word2vec(
-                sentences, method=args.method, negative=args.negative, sample=args.sample,
-                workers=args.workers, **common,
-            )  # fmt: skip
+                sentences,
+                method=args.method,
+                negative=args.negative,
+                sample=args.sample,
+                workers=args.workers,
+                **common,
+            )
         vectors.save(args.out, binary=args.binary)
-        print(f"{len(vectors)} words x {vectors.dim} -> {args.out} "
-              f"({stats.words_per_second:,.0f} words/s; loss per epoch "
-              f"{', '.join(f'{x:.4f}' for x in stats.losses)})")  # fmt: skip
+        print(
+            f"{len(vectors)} words x {vectors.dim} -> {args.out} "
+            f"({stats.words_per_second:,.0f} words/s; loss per epoch "
+            f"{', '.join(f'{x:.4f}' for x in stats.losses)})"
+        )
         return 0
     vectors = emb.KeyedVectors.load(args.vectors)
     if action == "neighbors":
@@ -414,13 +455,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
         data = _word_similarity_dir(args.data_dir)
         for name in ("wordsim353.tsv", "simlex999.txt"):
             scores = emb.evaluate_word_pairs(vectors, data / name)
-            print(f"{name}: spearman {scores.spearman:.4f}  pearson {scores.pearson:.4f}  "
-                  f"pairs {scores.pairs}  oov {scores.oov_ratio:.1f}%")  # fmt: skip
+            print(
+                f"{name}: spearman {scores.spearman:.4f}  pearson {scores.pearson:.4f}  "
+                f"pairs {scores.pairs}  oov {scores.oov_ratio:.1f}%"
+            )
         analogies = emb.evaluate_word_analogies(
             vectors, data / "questions-words.txt", restrict_vocab=args.restrict_vocab
         )
-        print(f"analogies: accuracy {analogies.accuracy:.4f}  semantic {analogies.semantic:.4f}  "
-              f"syntactic {analogies.syntactic:.4f}  oov {analogies.oov_ratio:.1f}%")  # fmt: skip
+        print(
+            f"analogies: accuracy {analogies.accuracy:.4f}  semantic {analogies.semantic:.4f}  "
+            f"syntactic {analogies.syntactic:.4f}  oov {analogies.oov_ratio:.1f}%"
+        )
         for section, (correct, asked) in analogies.sections.items():
             print(f"  {section:<28} {correct:>5} / {asked}")
     elif action == "plot":
@@ -463,9 +508,11 @@ def _add_embed_parser(verbs) -> None:
     train.add_argument("--negative", type=int, default=5)
     train.add_argument("--sample", type=float, default=1e-3)
     train.add_argument(
-        "--workers", type=int, default=2,
+        "--workers",
+        type=int,
+        default=2,
         help="word2vec threads (Hogwild, as gensim); 1 makes a seeded run exactly repeatable",
-    )  # fmt: skip
+    )
     train.add_argument("--seed", type=int, default=0)
     evaluate = actions.add_parser("eval", help="WordSim-353, SimLex-999, Google analogies")
     evaluate.add_argument("vectors")

@@ -48,8 +48,16 @@ def cmd_compare(args) -> int:
 
     text = _corpus_text(args.data)[: args.max_chars]
     models = {name: lmforge.load(name) for name in args.models}
-    rows, page = compare(models, text, args.data, args.prompt, args.out,
-                         args.max_new_tokens, args.context, args.stride)  # fmt: skip
+    rows, page = compare(
+        models,
+        text,
+        args.data,
+        args.prompt,
+        args.out,
+        args.max_new_tokens,
+        args.context,
+        args.stride,
+    )
     print((Path(args.out) / "compare.md").read_text())
     print(f"report: {page}")
     return 0
@@ -125,8 +133,12 @@ def add_parsers(verbs) -> None:
         "--data", required=True, help="text file, directory, glob, .jsonl or 'shakespeare'"
     )
     ev.add_argument("--field", default="text", help="JSONL field")
-    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
-                    help="score a split of the corpus as training splits it (default: all)")  # fmt: skip
+    ev.add_argument(
+        "--split",
+        choices=["all", "train", "val", "test"],
+        default="all",
+        help="score a split of the corpus as training splits it (default: all)",
+    )
     ev.add_argument("--val-fraction", type=float, default=0.05)
     ev.add_argument("--test-fraction", type=float, default=0.05)
     ev.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
@@ -152,8 +164,12 @@ def add_parsers(verbs) -> None:
     ex.add_argument("text", nargs="?", default=None)
     ex.add_argument("--text-file")
     ex.add_argument("--model", "-m", default="smollm2-135m-instruct")
-    ex.add_argument("--views", nargs="+", choices=["surprisal", "attention", "lens", "states"],
-                    help="default: every view the model offers")  # fmt: skip
+    ex.add_argument(
+        "--views",
+        nargs="+",
+        choices=["surprisal", "attention", "lens", "states"],
+        help="default: every view the model offers",
+    )
     ex.add_argument("--out", type=Path, default=Path("explain-report"))
     ex.set_defaults(func=cmd_explain)
 

@@ -74,25 +74,41 @@ def _report(result) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from lmforge.training.trainer import train
 
-    config = _config(args, data=args.data, arch=args.arch, tokenizer=args.tokenizer)
-    _report(train(config, args.out, resume=args.resume))
+    fixed = dict(data=args.data, arch=args.arch, tokenizer=args.tokenizer)
+    config = _config(args, **fixed)
+    given = set(_settings(args, **fixed))  # a resumed run changes only what was asked for
+    _report(train(config, args.out, resume=args.resume, changes=given))
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from lmforge.training.trainer import train
 
-    fixed = dict(data=args.data, init_from=args.model, tokenizer=args.model, arch="gpt",
-                 lora_rank=args.lora_rank if args.lora else 0, merge_lora=args.merge)  # fmt: skip
+    fixed = dict(
+        data=args.data,
+        init_from=args.model,
+        tokenizer=args.model,
+        arch="gpt",
+        lora_rank=args.lora_rank if args.lora else 0,
+        merge_lora=args.merge,
+    )
     if args.merge and not args.lora:
         raise ConfigError("--merge applies to --lora fine-tuning (full fine-tuning has no adapter)")
-    for name, value in (("block_size", 256), ("batch_size", 4), ("steps", 100), ("warmup", 10),
-                        ("eval_interval", 50), ("lr", 2e-4 if args.lora else 5e-5),
-                        ("min_lr", 0.0), ("weight_decay", 0.0)):  # fmt: skip
+    given = set(_settings(args, **fixed)) - {"lora_rank", "merge_lora", "arch", "tokenizer"}
+    for name, value in (
+        ("block_size", 256),
+        ("batch_size", 4),
+        ("steps", 100),
+        ("warmup", 10),
+        ("eval_interval", 50),
+        ("lr", 2e-4 if args.lora else 5e-5),
+        ("min_lr", 0.0),
+        ("weight_decay", 0.0),
+    ):
         if not hasattr(args, name):
             setattr(args, name, value)
     config = _config(args, **fixed)
-    _report(train(config, args.out, resume=args.resume))
+    _report(train(config, args.out, resume=args.resume, changes=given))
     return 0
 
 

@@ -3,8 +3,13 @@ writes a file so that a crash never leaves half of one."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
+from typing import Any
+
+from lmforge.errors import CheckpointError, LMForgeError
 
 
 def cache_root() -> Path | None:
@@ -41,3 +46,41 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json(path: Path, error: type[LMForgeError] = CheckpointError) -> Any:
+    """A JSON file's content, or `error` naming the file and what is wrong with it."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (bad byte at {exc.start}); is it damaged?") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc}); is it damaged or cut short?") from None
+
+
+# `write_atomically`'s `.NAME.tmp-PID`, and a checkpoint staged before its rename `.staged-PID.pt`
+_TEMPORARY = re.compile(r"^\.(?:.+\.tmp|staged)-(\d+)(?:\.pt)?$")
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files a process killed mid-write left in `directory` (those of a
+    process still running are kept); return what was removed."""
+    removed = []
+    for path in directory.glob(".*"):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _running(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -10,9 +10,10 @@ from typing import Any
 
 from torch import nn
 
+from lmforge.checkpoints.hf import read_safetensors
 from lmforge.errors import CheckpointError
 from lmforge.models.lora import apply_lora, lora_state_dict
-from lmforge.paths import write_atomically
+from lmforge.paths import read_json, write_atomically
 from lmforge.tokenizers import Tokenizer
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -48,12 +49,11 @@ def save_adapter(
 def read_adapter_settings(directory: Path) -> dict[str, Any]:
     """The adapter's settings, with a clear error when its base model is not there."""
     path = directory / ADAPTER_CONFIG
-    try:
-        settings = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is unreadable or not JSON ({exc})") from None
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of adapter settings")
     missing = [k for k in ("base_model", "rank", "alpha", "targets") if k not in settings]
-    if not isinstance(settings, dict) or missing:
+    if missing:
         raise CheckpointError(f"{path}: not an lmforge adapter config (missing {missing})")
     base = settings["base_model"]
     if not base or not Path(base).exists():
@@ -66,15 +66,8 @@ def read_adapter_settings(directory: Path) -> dict[str, Any]:
 
 def apply_adapter(model: nn.Module, directory: Path, settings: dict[str, Any]) -> None:
     """Wrap `model`'s target layers with LoRA and load the directory's adapter weights (not merged)."""
-    from safetensors.torch import load_file
-
+    tensors = read_safetensors(directory / ADAPTER_WEIGHTS)
     apply_lora(model, settings["targets"], settings["rank"], settings["alpha"])
-    try:
-        tensors = load_file(directory / ADAPTER_WEIGHTS)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(
-            f"{directory / ADAPTER_WEIGHTS} is unreadable or not safetensors ({exc})"
-        ) from None
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     adapter_missing = [k for k in missing if ".lora_" in k]
     if unexpected or adapter_missing:

@@ -31,14 +31,19 @@ def hf_family(config: GPTConfig) -> str | None:
     """ "gpt2" or "llama" when the config is exactly expressible as that HF architecture."""
     square = config.n_head * config.head_dim == config.d_model
     if (
-        config.norm == "layernorm" and config.mlp in ("gelu", "gelu_exact")
-        and config.position == "learned" and config.n_kv_head == config.n_head and square
-    ):  # fmt: skip
+        config.norm == "layernorm"
+        and config.mlp in ("gelu", "gelu_exact")
+        and config.position == "learned"
+        and config.n_kv_head == config.n_head
+        and square
+    ):
         return "gpt2"  # missing biases are written as zeros: the same function
     if (
-        config.norm == "rmsnorm" and config.mlp == "swiglu" and config.position == "rope"
+        config.norm == "rmsnorm"
+        and config.mlp == "swiglu"
+        and config.position == "rope"
         and config.qkv_bias == config.out_bias
-    ):  # fmt: skip
+    ):
         return "llama"
     return None
 
@@ -53,24 +58,42 @@ def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str,
     }
     if family == "gpt2":
         return {
-            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": config.vocab_size, "n_layer": config.n_layer, "n_head": config.n_head,
-            "n_embd": config.d_model, "n_inner": config.d_ff, "n_positions": config.max_seq_len,
-            "layer_norm_epsilon": config.norm_eps, "activation_function": "gelu_new" if config.mlp == "gelu" else "gelu",
-            "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
-            "attn_pdrop": 0.0, "tie_word_embeddings": config.tie_embeddings, **ids,
-        }  # fmt: skip
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": config.vocab_size,
+            "n_layer": config.n_layer,
+            "n_head": config.n_head,
+            "n_embd": config.d_model,
+            "n_inner": config.d_ff,
+            "n_positions": config.max_seq_len,
+            "layer_norm_epsilon": config.norm_eps,
+            "activation_function": "gelu_new" if config.mlp == "gelu" else "gelu",
+            "resid_pdrop": config.dropout,
+            "embd_pdrop": config.dropout,
+            "attn_pdrop": 0.0,
+            "tie_word_embeddings": config.tie_embeddings,
+            **ids,
+        }
     return {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-        "vocab_size": config.vocab_size, "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff, "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim, "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
-        "rope_scaling": config.rope_scaling, "attention_bias": config.qkv_bias,
-        "mlp_bias": config.mlp_bias, "hidden_act": "silu",
-        "tie_word_embeddings": config.tie_embeddings, **ids,
-    }  # fmt: skip
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": config.rope_scaling,
+        "attention_bias": config.qkv_bias,
+        "mlp_bias": config.mlp_bias,
+        "hidden_act": "silu",
+        "tie_word_embeddings": config.tie_embeddings,
+        **ids,
+    }
 
 
 _PREFIX = {"gpt2": "transformer.", "llama": "model."}

@@ -6,7 +6,7 @@ One table per supported family maps HF tensor names to ours; `fuse_projections` 
 
 from __future__ import annotations
 
-import json
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import torch
 
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPTConfig
+from lmforge.paths import read_json
 
 SUPPORTED_ARCHITECTURES = ("gpt2", "llama")
 # GPT-2 config "activation_function" -> our MLP kind
@@ -187,34 +188,57 @@ def load_state_dict_into(
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF checkpoint directory: safetensors (single or sharded) or pytorch_model.bin."""
-    from safetensors.torch import load_file
-
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     bin_file = directory / "pytorch_model.bin"
-    try:
-        if single.exists():
-            return load_file(single)
-        if index.exists():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            tensors: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                shard_path = directory / shard
-                if not shard_path.exists():
-                    raise CheckpointError(f"{index}: lists shard {shard!r}, which is missing")
-                tensors.update(load_file(shard_path))
-            return tensors
-        if bin_file.exists():
-            return torch.load(bin_file, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # truncated or corrupted file: name it
-        raise CheckpointError(
-            f"{directory}: cannot read the weights ({type(exc).__name__}: {exc})"
-        ) from exc
+    if single.exists():
+        return read_safetensors(single)
+    if index.exists():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no weight_map; is it a safetensors index?")
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = directory / shard
+            if not shard_path.exists():
+                raise CheckpointError(f"{index}: lists shard {shard!r}, which is missing")
+            tensors.update(read_safetensors(shard_path))
+        return tensors
+    if bin_file.exists():
+        return read_pickled_weights(bin_file)
     raise CheckpointError(
         f"{directory}: no weights found; expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); is it damaged?"
+        ) from None
+
+
+def read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A `pytorch_model.bin`, read with `weights_only=True`: tensors only, never code."""
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: the file is damaged, or its pickle holds objects that could run code "
+            "when loaded. Do not load a file you do not trust with weights_only=False; if you trust "
+            "it, convert it once to safetensors (torch.load it, then safetensors.torch.save_file)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, empty file, ...
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    if not isinstance(tensors, dict) or not all(
+        isinstance(t, torch.Tensor) for t in tensors.values()
+    ):
+        raise CheckpointError(f"{path}: expected a dict of tensor name -> tensor")
+    return tensors
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -223,7 +247,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{directory}: no config.json; is this a Hugging Face model directory?"
         )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model settings")
+    return config

@@ -3,7 +3,6 @@ cache), Hugging Face directories, lmforge bundles and LoRA adapter directories."
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from lmforge.checkpoints.hf import (
 )
 from lmforge.checkpoints.resolve import resolve
 from lmforge.errors import CheckpointError
-from lmforge.models.gpt import GPT, rope_inverse_frequencies
+from lmforge.models.gpt import GPT
 from lmforge.models.quantized import check_mode, prepare_quantized, quantize_model, retie
+from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
 
 
@@ -96,7 +96,7 @@ def _build(
     if config.tie_embeddings:
         retie(model)
     if config.position == "rope":
-        model.inv_freq = rope_inverse_frequencies(config)
+        model.inv_freq = model.rope_frequencies()
     return model.eval()
 
 
@@ -147,7 +147,9 @@ def _load_hf_directory(
 ) -> Checkpoint:
     hf_config = read_hf_config(directory)
     gen_path = directory / "generation_config.json"
-    generation = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    generation = read_json(gen_path) if gen_path.exists() else {}
+    if not isinstance(generation, dict):
+        raise CheckpointError(f"{gen_path}: expected a JSON object of generation settings")
     if str(hf_config.get("model_type", "")).startswith("lmforge-"):
         model = load_lmforge_model(hf_config, directory)
         if quantize != "none":

@@ -96,8 +96,15 @@ class Corpus:
             yield from document
 
     def _jsonl_texts(self, path: Path) -> Iterator[str]:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
+        records = 0
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(
+                        f"{path}:{number}: not UTF-8 text (byte {exc.start})"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
@@ -109,7 +116,10 @@ class Corpus:
                         f"{path}:{number}: expected an object with a string field "
                         f"{self.field!r} (choose another with --field)"
                     )
+                records += 1
                 yield record[self.field]
+        if not records:
+            raise ConfigError(f"{path}: no records; expected one JSON object per line")
 
 
 def _pieces(path: Path) -> Iterator[str]:

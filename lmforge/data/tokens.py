@@ -64,12 +64,28 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, root: Path | None = No
     ).hexdigest()[:24]
     directory = (root or tokens_root()) / key
     meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        _build(corpus, tokenizer, directory)
-    meta = json.loads(meta_path.read_text())
-    return np.memmap(
-        directory / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["count"],)
-    )
+    if meta_path.exists():
+        cached = _open_cached(directory)
+        if cached is not None:
+            return cached
+        shutil.rmtree(directory, ignore_errors=True)  # damaged: tokenize again
+    _build(corpus, tokenizer, directory)
+    cached = _open_cached(directory)
+    if cached is None:
+        raise ConfigError(f"{directory}: the token cache just written cannot be read back")
+    return cached
+
+
+def _open_cached(directory: Path) -> np.memmap | None:
+    """The cached tokens, or None when the entry is damaged (unreadable, or sizes disagree)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        tokens = np.memmap(
+            directory / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["count"],)
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return tokens
 
 
 def _build(corpus: Corpus, tokenizer: Tokenizer, directory: Path) -> None:
@@ -97,8 +113,13 @@ def _build(corpus: Corpus, tokenizer: Tokenizer, directory: Path) -> None:
                 bar.update(len(ids))
         if count == 0:
             raise ConfigError(f"data={corpus.source!r} is empty: it gives no tokens")
-        meta = {"format": FORMAT_VERSION, "count": count, "dtype": dtype.name,
-                "source": corpus.source, "vocab_size": tokenizer.vocab_size}  # fmt: skip
+        meta = {
+            "format": FORMAT_VERSION,
+            "count": count,
+            "dtype": dtype.name,
+            "source": corpus.source,
+            "vocab_size": tokenizer.vocab_size,
+        }
         (staging / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(staging, directory)

@@ -186,9 +186,15 @@ def train_word2vec(
     exactly repeatable; with workers=1 a seed gives the same vectors every time."""
     if method not in ("skipgram", "cbow"):
         raise ConfigError(f"method={method!r}; expected 'skipgram', 'cbow' (or use train_glove)")
-    for name, value in (("vector_size", vector_size), ("window", window), ("negative", negative),
-                        ("epochs", epochs), ("min_count", min_count), ("batch_size", batch_size),
-                        ("workers", workers)):  # fmt: skip
+    for name, value in (
+        ("vector_size", vector_size),
+        ("window", window),
+        ("negative", negative),
+        ("epochs", epochs),
+        ("min_count", min_count),
+        ("batch_size", batch_size),
+        ("workers", workers),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name}={value!r}; expected an integer >= 1")
     alpha = 0.025 if alpha is None else alpha
@@ -296,9 +302,15 @@ def _train_piece(
             rows = slice(row, row + size)
             with_loss = step % _LOSS_EVERY == 0
             batch_loss = _negative_sampling_step(
-                *tables, contexts[rows, :width], centres[rows], negatives[rows], lr, buffers,
-                average, with_loss,
-            )  # fmt: skip
+                *tables,
+                contexts[rows, :width],
+                centres[rows],
+                negatives[rows],
+                lr,
+                buffers,
+                average,
+                with_loss,
+            )
             if with_loss:
                 loss, sampled = loss + batch_loss, sampled + 1
     finally:

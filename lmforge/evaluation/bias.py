@@ -72,8 +72,14 @@ class ProbeResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "score": self.score, "interval": list(self.interval),
-                "count": self.count, "by_type": self.by_type, **self.extra}  # fmt: skip
+        return {
+            "name": self.name,
+            "score": self.score,
+            "interval": list(self.interval),
+            "count": self.count,
+            "by_type": self.by_type,
+            **self.extra,
+        }
 
 
 def bootstrap_interval(
@@ -118,8 +124,13 @@ def crows_pairs(lm, rows: list[dict[str, str]], samples: int = 1000, seed: int =
     for kind in sorted(set(types)):
         chosen = values[[i for i, t in enumerate(types) if t == kind]]
         by_type[kind] = (100 * float(chosen.mean()), len(chosen))
-    return ProbeResult("CrowS-Pairs stereotype score", 100 * float(values.mean()),
-                       bootstrap_interval(values, samples, seed), len(values), by_type)  # fmt: skip
+    return ProbeResult(
+        "CrowS-Pairs stereotype score",
+        100 * float(values.mean()),
+        bootstrap_interval(values, samples, seed),
+        len(values),
+        by_type,
+    )
 
 
 def read_stereoset(path: str | Path) -> list[dict[str, str]]:
@@ -152,9 +163,12 @@ def stereoset(lm, items: list[dict[str, str]], samples: int = 1000, seed: int = 
             score[key] = total / n
         stereo_wins.append(float(score["stereotype"] > score["anti-stereotype"]))
         meaningful.append(
-            (float(score["stereotype"] > score["unrelated"])
-             + float(score["anti-stereotype"] > score["unrelated"])) / 2
-        )  # fmt: skip
+            (
+                float(score["stereotype"] > score["unrelated"])
+                + float(score["anti-stereotype"] > score["unrelated"])
+            )
+            / 2
+        )
         types.append(item["bias_type"])
     ss_values, lm_values = torch.tensor(stereo_wins), torch.tensor(meaningful)
     ss, lms = 100 * float(ss_values.mean()), 100 * float(lm_values.mean())
@@ -163,10 +177,13 @@ def stereoset(lm, items: list[dict[str, str]], samples: int = 1000, seed: int = 
         chosen = ss_values[[i for i, t in enumerate(types) if t == kind]]
         by_type[kind] = (100 * float(chosen.mean()), len(chosen))
     return ProbeResult(
-        "StereoSet intrasentence stereotype score (ss)", ss,
-        bootstrap_interval(ss_values, samples, seed), len(items), by_type,
+        "StereoSet intrasentence stereotype score (ss)",
+        ss,
+        bootstrap_interval(ss_values, samples, seed),
+        len(items),
+        by_type,
         {"language model score (lms)": lms, "icat": lms * min(ss, 100 - ss) / 50},
-    )  # fmt: skip
+    )
 
 
 # --- WEAT ------------------------------------------------------------------------------------
@@ -223,12 +240,19 @@ class WEATResult:
     def table(self) -> str:
         dropped = {k: v for k, v in self.dropped.items() if v}
         note = f"; not in the vocabulary (dropped): {dropped}" if dropped else ""
-        return (f"WEAT {self.test}: effect size {self.effect_size:+.3f}, p = {self.p_value:.4f} "
-                f"(sets {self.sizes}){note}")  # fmt: skip
+        return (
+            f"WEAT {self.test}: effect size {self.effect_size:+.3f}, p = {self.p_value:.4f} "
+            f"(sets {self.sizes}){note}"
+        )
 
 
-def weat(vectors, test: str, permutations: int = 10_000, seed: int = 0,
-         sets: dict[str, list[str]] | None = None) -> WEATResult:  # fmt: skip
+def weat(
+    vectors,
+    test: str,
+    permutations: int = 10_000,
+    seed: int = 0,
+    sets: dict[str, list[str]] | None = None,
+) -> WEATResult:
     """Effect size d and one-sided permutation p-value of WEAT `test` on `vectors` (KeyedVectors).
     Words missing from the vocabulary are reported and dropped; an emptied set is an error."""
     if sets is None:

@@ -46,8 +46,15 @@ def describe_tokenizer(tokenizer) -> str:
     return kind
 
 
-def measure(lm, name: str, text: str, prompt: str, max_new_tokens: int,
-            context: int | None, stride: int | None) -> ModelRow:  # fmt: skip
+def measure(
+    lm,
+    name: str,
+    text: str,
+    prompt: str,
+    max_new_tokens: int,
+    context: int | None,
+    stride: int | None,
+) -> ModelRow:
     """Score `text`, time a greedy continuation of `prompt`, and describe the model."""
     if context is not None and hasattr(lm.model.config, "max_seq_len"):
         context = min(context, lm.model.config.max_seq_len)  # each model within its own window
@@ -87,8 +94,14 @@ def markdown(rows: list[ModelRow], data: str, prompt: str) -> str:
             f"| {r.tokens:,} | {r.bits_per_byte:.4f} | {r.word_perplexity:.2f} | "
             f"{r.token_perplexity:.2f} | {r.tokens_per_second:.1f} |"
         )
-    lines += ["", "Per-token perplexity depends on the tokenizer; compare models by bits per byte "
-              "or per-word perplexity.", "", f"## Continuations of {prompt!r}", ""]  # fmt: skip
+    lines += [
+        "",
+        "Per-token perplexity depends on the tokenizer; compare models by bits per byte "
+        "or per-word perplexity.",
+        "",
+        f"## Continuations of {prompt!r}",
+        "",
+    ]
     for r in rows:
         lines += [f"**{r.name}**", "", "```", prompt + r.sample, "```", ""]
     return "\n".join(lines)

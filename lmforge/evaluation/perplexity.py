@@ -116,9 +116,12 @@ def token_nll(
 
 
 def score_ids(
-    model: nn.Module, ids: list[int], text: str, context: int | None = None,
+    model: nn.Module,
+    ids: list[int],
+    text: str,
+    context: int | None = None,
     stride: int | None = None,
-) -> Perplexity:  # fmt: skip
+) -> Perplexity:
     """Score token ids; `text` (what they spell) gives the word, byte and character counts."""
     losses = token_nll(model, ids, context, stride)
     windowed = not model.stateful
@@ -149,9 +152,13 @@ def perplexity(
 
 @torch.inference_mode()
 def score_chunks(
-    model: nn.Module, tokens, tokenizer, block_size: int, batch_size: int = 8,
+    model: nn.Module,
+    tokens,
+    tokenizer,
+    block_size: int,
+    batch_size: int = 8,
     max_tokens: int | None = None,
-) -> Perplexity:  # fmt: skip
+) -> Perplexity:
     """The fast held-out score used while training: `tokens` cut into `batch_size` streams read
     `block_size` at a time, each token predicted once. Recurrent models carry their state
     across chunks; attention models see each chunk alone (the sliding-window protocol with
@@ -175,7 +182,11 @@ def score_chunks(
     model.train(was_training)
     text = tokenizer.decode([int(t) for t in tokens[: count + 1]], skip_special_tokens=False)
     return Perplexity(
-        nll=total, tokens=count, words=len(text.split()), bytes=len(text.encode("utf-8")),
-        characters=len(text), context=None if stateful else block_size,
+        nll=total,
+        tokens=count,
+        words=len(text.split()),
+        bytes=len(text.encode("utf-8")),
+        characters=len(text),
+        context=None if stateful else block_size,
         stride=None if stateful else block_size,
-    )  # fmt: skip
+    )

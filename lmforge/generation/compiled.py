@@ -43,6 +43,7 @@ INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 _TRACED_SOURCES = (
     "../models/gpt.py",
     "../models/attention.py",
+    "../models/rope.py",
     "../models/quantized.py",
     "compiled.py",
 )

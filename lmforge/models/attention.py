@@ -21,6 +21,29 @@ import torch.nn.functional as F
 SHORT_WINDOW = 128
 
 
+def attention_mask(cache, start: int, seq: int, mask: torch.Tensor | None):
+    """Boolean (batch, 1, seq, keys) mask for `seq` new tokens written from slot `start` of
+    `cache` (a `KVCache` or None), with `mask` (batch, seq) False at padding; or None when plain
+    causal attention is exact."""
+    padded = (cache.has_padding if cache is not None else False) or (
+        mask is not None and not bool(mask.all())
+    )
+    if not padded and start == 0:
+        return None  # SDPA's is_causal
+    if not padded and seq == 1:
+        return None  # one new token sees every cached token
+    n_keys = start + seq
+    device = mask.device if mask is not None else cache.valid.device
+    query_slots = torch.arange(start, n_keys, device=device)[:, None]
+    key_slots = torch.arange(n_keys, device=device)[None, :]
+    causal = key_slots <= query_slots
+    valid = cache.valid[:, :n_keys] if cache is not None else mask
+    allowed = causal[None] & valid[:, None, :]
+    # A padding query would see no key at all (NaN rows); let it see itself.
+    allowed = allowed | (key_slots == query_slots)[None]
+    return allowed[:, None]
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
     """Causal attention; `attn_mask` (batch, 1, queries, keys), True where a key may be seen, or
     None for plain causal attention (each query sees its own and every earlier key)."""
@@ -46,11 +69,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torc
         y = short_causal(q, k, v)
     else:
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_mask,
             is_causal=attn_mask is None and seq > 1,
             enable_gqa=n_kv_head != n_head,
-        )  # fmt: skip
+        )
     return y.transpose(1, 2).reshape(batch, seq, n_head * dim)
 
 

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.attention import attend, eager_attention
+from lmforge.models.attention import attend, attention_mask, eager_attention
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.protocol import Trace
 from lmforge.models.quantized import quantized_mode, retie
+from lmforge.models.rope import apply_rope, rope_angles, rope_inverse_frequencies
 
 
 @dataclass
@@ -91,38 +92,6 @@ class GPTConfig:
         return asdict(self)
 
 
-def rope_inverse_frequencies(config: GPTConfig) -> torch.Tensor:
-    """RoPE frequencies, with the checkpoint's scaling ("linear" or Llama 3's "llama3")."""
-    dim = config.head_dim
-    # Computed on the CPU even while a model is built on the meta device (cheap, and real values).
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
-    inv_freq = 1.0 / (config.rope_theta**exponents)
-    scaling = config.rope_scaling or {}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "default":
-        return inv_freq
-    if rope_type == "linear":
-        return inv_freq / scaling["factor"]
-    if rope_type == "llama3":
-        factor = scaling["factor"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return torch.where(is_medium, smoothed, scaled)
-    raise ConfigError(
-        f"rope_scaling type {rope_type!r} is not supported; supported: default, linear, llama3"
-    )
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class Attention(nn.Module):
     """Multi-head (or grouped-query) causal self-attention with one fused q/k/v projection."""
 
@@ -146,9 +115,7 @@ class Attention(nn.Module):
         k = k.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
         v = v.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rope is not None:
-            cos, sin = rope
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)  # every key and value so far
         if trace is None:
@@ -238,7 +205,7 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         if config.position == "rope":
-            self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+            self.register_buffer("inv_freq", self.rope_frequencies(), persistent=False)
         # A faster single-token step installed from outside the model (`lmforge.generation.compiled`)
         self.compiled_decoder = None
 
@@ -251,8 +218,12 @@ class GPT(nn.Module):
         if tied and not self.head_reads_embedding():
             retie(self)
         if self.config.position == "rope":
-            self.inv_freq = rope_inverse_frequencies(self.config).to(self.norm.weight.device)
+            self.inv_freq = self.rope_frequencies().to(self.norm.weight.device)
         return self
+
+    def rope_frequencies(self) -> torch.Tensor:
+        c = self.config
+        return rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
 
     @property
     def max_seq_len(self) -> int:
@@ -313,7 +284,7 @@ class GPT(nn.Module):
             if logits is not None:
                 return logits, cache
         x, rope = self.embed_tokens(input_ids, positions, start if consecutive else None)
-        attn_mask = self._attention_mask(cache, start, seq, mask)
+        attn_mask = attention_mask(cache, start, seq, mask)
         for block in self.blocks:
             x = block(x, rope, cache, start, attn_mask, trace)
             if trace is not None:
@@ -363,34 +334,10 @@ class GPT(nn.Module):
             table = self.pos_embed
             x = x + (table(positions) if first is None else table.weight[first : first + seq])
         x = self.drop(x)
-        rope = self._rope(positions, x.dtype) if self.config.position == "rope" else None
-        return x, rope
-
-    def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        freqs = positions[..., None].float() * self.inv_freq  # (batch, seq, head_dim / 2)
-        angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # broadcast over heads
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-    @staticmethod
-    def _attention_mask(cache: KVCache | None, start: int, seq: int, mask: torch.Tensor | None):
-        """Boolean (batch, 1, seq, keys) mask, or None when plain causal attention is exact."""
-        padded = (cache.has_padding if cache is not None else False) or (
-            mask is not None and not bool(mask.all())
+        rope = (
+            None if self.pos_embed is not None else rope_angles(positions, self.inv_freq, x.dtype)
         )
-        if not padded and start == 0:
-            return None  # SDPA's is_causal
-        if not padded and seq == 1:
-            return None  # one new token sees every cached token
-        n_keys = start + seq
-        device = mask.device if mask is not None else cache.valid.device
-        query_slots = torch.arange(start, n_keys, device=device)[:, None]
-        key_slots = torch.arange(n_keys, device=device)[None, :]
-        causal = key_slots <= query_slots
-        valid = cache.valid[:, :n_keys] if cache is not None else mask
-        allowed = causal[None] & valid[:, None, :]
-        # A padding query would see no key at all (NaN rows); let it see itself.
-        allowed = allowed | (key_slots == query_slots)[None]
-        return allowed[:, None]
+        return x, rope
 
     def init_weights(self) -> None:
         """Initialisation for training from scratch: N(0, 0.02) weights and zero biases, with

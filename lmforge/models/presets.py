@@ -35,18 +35,31 @@ def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any
         # erf GELU as nanoGPT trains it (transformers' activation_function "gelu")
         has_bias = True if bias is None else bias
         return dict(
-            norm="layernorm", mlp="gelu_exact", position="learned", qkv_bias=has_bias,
-            out_bias=has_bias, mlp_bias=has_bias, norm_bias=has_bias, extra={"family": "gpt2"},
-        )  # fmt: skip
+            norm="layernorm",
+            mlp="gelu_exact",
+            position="learned",
+            qkv_bias=has_bias,
+            out_bias=has_bias,
+            mlp_bias=has_bias,
+            norm_bias=has_bias,
+            extra={"family": "gpt2"},
+        )
     if family == "llama":
         if bias:
             raise ConfigError("bias=True: the llama family has no biases; use family='gpt2'")
         d_ff = -(-int(8 * n_embd / 3) // 32) * 32  # 8/3 d keeps SwiGLU's parameters at 4d's
         return dict(
-            norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", d_ff=d_ff,
-            qkv_bias=False, out_bias=False, mlp_bias=False, scaled_residual_init=False,
+            norm="rmsnorm",
+            norm_eps=1e-5,
+            mlp="swiglu",
+            position="rope",
+            d_ff=d_ff,
+            qkv_bias=False,
+            out_bias=False,
+            mlp_bias=False,
+            scaled_residual_init=False,
             extra={"family": "llama"},
-        )  # fmt: skip
+        )
     raise ConfigError(f"family={family!r}; expected one of {GPT_FAMILIES}")
 
 
@@ -73,15 +86,25 @@ def model_config(
         cell = {"rnn": f"rnn_{nonlinearity}", "lstm": "lstm", "gru": "gru"}[arch]
         size = given(n_embd, 200)
         return RNNConfig(
-            vocab_size=vocab_size, cell=cell, n_embd=size, hidden_size=given(hidden_size, size),
-            n_layer=given(n_layer, 2), dropout=given(dropout, 0.2), tie_embeddings=tie,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            cell=cell,
+            n_embd=size,
+            hidden_size=given(hidden_size, size),
+            n_layer=given(n_layer, 2),
+            dropout=given(dropout, 0.2),
+            tie_embeddings=tie,
+        )
     if arch == "transformer":
         return TransformerConfig(
-            vocab_size=vocab_size, d_model=given(n_embd, 256), n_head=given(n_head, 4),
-            n_layer=given(n_layer, 4), d_ff=d_ff, dropout=given(dropout, 0.1),
-            max_seq_len=block_size, tie_embeddings=tie,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            d_model=given(n_embd, 256),
+            n_head=given(n_head, 4),
+            n_layer=given(n_layer, 4),
+            d_ff=d_ff,
+            dropout=given(dropout, 0.1),
+            max_seq_len=block_size,
+            tie_embeddings=tie,
+        )
     if arch == "gpt":
         if preset is not None and preset not in GPT_PRESETS:
             raise ConfigError(f"preset={preset!r}; expected one of {sorted(GPT_PRESETS)}")
@@ -91,10 +114,15 @@ def model_config(
         if d_ff is not None:
             settings["d_ff"] = d_ff
         return GPTConfig(
-            vocab_size=vocab_size, n_layer=given(n_layer, layers), n_head=given(n_head, heads),
-            d_model=width, max_seq_len=block_size, tie_embeddings=tie,
-            dropout=given(dropout, 0.0), **settings,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            n_layer=given(n_layer, layers),
+            n_head=given(n_head, heads),
+            d_model=width,
+            max_seq_len=block_size,
+            tie_embeddings=tie,
+            dropout=given(dropout, 0.0),
+            **settings,
+        )
     raise ConfigError(f"arch={arch!r}; expected one of {ARCHITECTURES}")
 
 

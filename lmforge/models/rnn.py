@@ -108,14 +108,22 @@ class RNNLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
         between = config.dropout if config.n_layer > 1 else 0.0
         if config.cell == "lstm":
-            self.rnn = nn.LSTM(config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True)  # fmt: skip
+            self.rnn = nn.LSTM(
+                config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True
+            )
         elif config.cell == "gru":
-            self.rnn = nn.GRU(config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True)  # fmt: skip
+            self.rnn = nn.GRU(
+                config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True
+            )
         else:
             self.rnn = nn.RNN(
-                config.n_embd, config.hidden_size, config.n_layer, dropout=between,
-                nonlinearity=config.cell.removeprefix("rnn_"), batch_first=True,
-            )  # fmt: skip
+                config.n_embd,
+                config.hidden_size,
+                config.n_layer,
+                dropout=between,
+                nonlinearity=config.cell.removeprefix("rnn_"),
+                batch_first=True,
+            )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -209,7 +217,13 @@ class RNNLM(nn.Module):
                     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
                     cell = f * cell + i * g
                     h = o * cell.tanh()
-                    gates = {"input gate": i, "forget gate": f, "cell candidate": g, "output gate": o, "cell state": cell}  # fmt: skip
+                    gates = {
+                        "input gate": i,
+                        "forget gate": f,
+                        "cell candidate": g,
+                        "output gate": o,
+                        "cell state": cell,
+                    }
                 elif c.cell == "gru":
                     (ir, iz, in_), (hr, hz, hn) = gi.chunk(3), gh.chunk(3)
                     r, z = (ir + hr).sigmoid(), (iz + hz).sigmoid()

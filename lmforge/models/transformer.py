@@ -97,9 +97,14 @@ class TransformerLM(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
-            config.d_model, config.n_head, config.d_ff, config.dropout,
-            activation="gelu", batch_first=True, norm_first=config.norm_first,
-        )  # fmt: skip
+            config.d_model,
+            config.n_head,
+            config.d_ff,
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=config.norm_first,
+        )
         final_norm = nn.LayerNorm(config.d_model) if config.norm_first else None
         self.encoder = nn.TransformerEncoder(
             layer, config.n_layer, norm=final_norm, enable_nested_tensor=False
@@ -173,9 +178,13 @@ class TransformerLM(nn.Module):
             feed_forward = lambda h, layer=layer: layer.linear2(layer.activation(layer.linear1(h)))  # noqa: E731
             source = layer.norm1(x) if layer.norm_first else x
             attended, weights = layer.self_attn(
-                source, source, source, attn_mask=causal, need_weights=True,
+                source,
+                source,
+                source,
+                attn_mask=causal,
+                need_weights=True,
                 average_attn_weights=False,
-            )  # fmt: skip
+            )
             if layer.norm_first:
                 x = x + attended
                 x = x + feed_forward(layer.norm2(x))

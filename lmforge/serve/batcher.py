@@ -113,6 +113,7 @@ class Batcher:
         self.steps = 0  # decode steps run, and the rows they served: how much batching happened
         self.row_steps = 0
         self.condition = threading.Condition()
+        self.stopped = False
         if background:
             threading.Thread(target=self.work_forever, name="lmforge-batcher", daemon=True).start()
 
@@ -125,6 +126,12 @@ class Batcher:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting")
             self.waiting.append(job)
+            self.condition.notify()
+
+    def stop(self) -> None:
+        """End `work_forever` at its next turn (the server that fed it has shut down)."""
+        with self.condition:
+            self.stopped = True
             self.condition.notify()
 
     def load(self) -> dict[str, int]:
@@ -142,7 +149,7 @@ class Batcher:
         """The worker loop. Run it in the thread that loaded the model when you can: PyTorch's
         OpenMP teams of two threads contend, and a second thread decoded ~40% slower here."""
         with torch.inference_mode():
-            while True:
+            while not self.stopped:
                 self._admit()
                 try:
                     self._choose_tokens()
@@ -156,7 +163,7 @@ class Batcher:
     def _admit(self) -> None:
         """Move waiting jobs into free rows (waiting for work when there is none)."""
         with self.condition:
-            while not self.waiting and not any(self.rows):
+            while not self.waiting and not any(self.rows) and not self.stopped:
                 self.condition.wait()
         while True:
             with self.condition:

@@ -11,6 +11,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.paths import read_json
 
 
 class Tokenizer:
@@ -108,17 +109,25 @@ class Tokenizer:
     ) -> Tokenizer:
         """Load `tokenizer.json` (or `vocab.json` + `merges.txt`) with `tokenizer_config.json`."""
         config_path = directory / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        config = read_json(config_path) if config_path.exists() else {}
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_path}: expected a JSON object of tokenizer settings")
+        vocab, merges = directory / "vocab.json", directory / "merges.txt"
         if (directory / "tokenizer.json").exists():
-            backend = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
-        elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
-            backend = byte_level_bpe(directory / "vocab.json", directory / "merges.txt")
+            backend = _read_tokenizer(directory / "tokenizer.json", tokenizers.Tokenizer.from_file)
+        elif vocab.exists() and merges.exists():
+            backend = _read_tokenizer(vocab, lambda _: byte_level_bpe(vocab, merges), merges)
         else:
             raise CheckpointError(f"{directory}: no tokenizer.json, nor vocab.json + merges.txt")
         _add_special_tokens_from_config(backend, config)
         template = config.get("chat_template")
         if (directory / "chat_template.jinja").exists():
-            template = (directory / "chat_template.jinja").read_text()
+            try:
+                template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CheckpointError(
+                    f"{directory / 'chat_template.jinja'}: unreadable ({exc})"
+                ) from None
         gen = generation_config or {}
 
         def token_id(key: str) -> int | None:
@@ -142,9 +151,36 @@ class Tokenizer:
         )
 
 
+def _read_tokenizer(path: Path, read, *others: Path) -> tokenizers.Tokenizer:
+    """`read(path)`, with the `tokenizers` library's failures on a damaged file named."""
+    try:
+        return read(str(path))
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exceptions
+        names = " / ".join(str(p) for p in (path, *others))
+        raise CheckpointError(
+            f"{names}: not a readable tokenizer file ({exc}); is it damaged?"
+        ) from None
+
+
 def byte_level_bpe(vocab_file: Path, merges_file: Path) -> tokenizers.Tokenizer:
     """GPT-2's byte-level BPE from `vocab.json` + `merges.txt` (a.k.a. encoder.json + vocab.bpe)."""
     bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
+    # Every token longer than one byte comes from one merge; a merges file with far fewer lines
+    # (emptied or cut short) would still load, and silently tokenize differently.
+    vocab = models.BPE.read_file(str(vocab_file), str(merges_file))[0]
+    merges = sum(
+        1
+        for line in merges_file.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#version")
+    )
+    longer = sum(len(token) > 1 for token in vocab)
+    if merges + 64 < longer:
+        raise CheckpointError(
+            f"{merges_file}: {merges} merges for the {longer} multi-byte tokens of {vocab_file.name}; "
+            "is it cut short?"
+        )
     backend = tokenizers.Tokenizer(bpe)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

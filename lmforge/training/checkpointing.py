@@ -8,6 +8,7 @@ complete checkpoint; a corrupted `last.pt` is refused and `previous.pt` used ins
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,14 @@ def read_state(path: Path) -> dict[str, Any]:
     """Load one checkpoint file and check it is complete; raise CheckpointError if not."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, ...
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path} is corrupted or half-written ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"{path} is corrupted or half-written, or not a checkpoint lmforge wrote (it holds "
+            "objects a safe load refuses)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - empty file, truncated zip, ...
+        what = f"{type(exc).__name__}: {exc}".split("\n")[0]
+        raise CheckpointError(f"{path} is corrupted or half-written ({what})") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path} is not an lmforge training checkpoint (keys missing)")
     if state["format"] != STATE_FORMAT:
@@ -69,7 +74,13 @@ def load_latest_state(directory: Path) -> dict[str, Any]:
     except CheckpointError as problem:
         if not previous.exists():
             raise
-        state = read_state(previous)
+        try:
+            state = read_state(previous)
+        except CheckpointError as second:
+            raise CheckpointError(
+                f"nothing to resume from in {directory}: both checkpoints are unusable: {problem}; "
+                f"and {second}"
+            ) from None
         print(
             f"warning: {problem}; resuming from {previous} (step {state['step']})", file=sys.stderr
         )

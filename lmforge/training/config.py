@@ -3,12 +3,52 @@ JSON), and saved with each checkpoint so a resumed run is the same run."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.paths import read_json
+
+# What a run is: its data, tokenizer and model. A resumed run may change anything else.
+RUN_DEFINING = frozenset(
+    [
+        "data",
+        "jsonl_field",
+        "tokenizer",
+        "vocab_size",
+        "byte_fallback",
+        "lowercase",
+        "min_frequency",
+        "max_vocab",
+        "val_fraction",
+        "test_fraction",
+        "arch",
+        "preset",
+        "family",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "hidden_size",
+        "d_ff",
+        "dropout",
+        "tie_embeddings",
+        "bias",
+        "nonlinearity",
+        "block_size",
+        "embeddings",
+        "freeze_embeddings",
+        "batch_size",
+        "grad_accum",
+        "seed",
+        "init_from",
+        "lora_rank",
+        "lora_alpha",
+        "lora_targets",
+        "fsdp",
+    ]
+)
 
 
 @dataclass
@@ -71,9 +111,30 @@ class TrainConfig:
     merge_lora: bool = False
 
     def __post_init__(self) -> None:
-        positive = ["block_size", "batch_size", "grad_accum", "steps", "eval_interval",
-                    "log_interval", "vocab_size", "min_frequency"]  # fmt: skip
-        positive += [n for n in ("n_layer", "n_head", "n_embd", "hidden_size", "d_ff", "eval_tokens", "patience", "max_vocab") if getattr(self, n) is not None]  # fmt: skip
+        positive = [
+            "block_size",
+            "batch_size",
+            "grad_accum",
+            "steps",
+            "eval_interval",
+            "log_interval",
+            "vocab_size",
+            "min_frequency",
+        ]
+        positive += [
+            n
+            for n in (
+                "n_layer",
+                "n_head",
+                "n_embd",
+                "hidden_size",
+                "d_ff",
+                "eval_tokens",
+                "patience",
+                "max_vocab",
+            )
+            if getattr(self, n) is not None
+        ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -126,19 +187,44 @@ class TrainConfig:
             raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    def resumed_with(
+        self, requested: TrainConfig, changes: Iterable[str] | None = None
+    ) -> tuple[TrainConfig, list[str]]:
+        """This saved run's settings, continued with the `changes` the caller asks for (setting
+        names whose value `requested` holds; None: every setting where `requested` differs), and
+        one line per change. The settings that define the model and its data cannot change."""
+        names = [f.name for f in fields(self)] if changes is None else list(changes)
+        values, said = asdict(self), []
+        for name in names:
+            old, new = values[name], getattr(requested, name)
+            if old == new:
+                continue
+            if name in RUN_DEFINING:
+                raise ConfigError(
+                    f"{name}={new!r}: a resumed run keeps the {name} it was started with "
+                    f"({old!r}); start a new run (another --out) to change it"
+                )
+            values[name] = new
+            said.append(f"{name} {old!r} -> {new!r}")
+        return TrainConfig(**values), said
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
         """Settings from a YAML or JSON file; `overrides` (e.g. command-line flags) win."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                raise ConfigError(f"{path}: not readable YAML ({exc})") from None
         else:
-            values = json.loads(text)
+            values = read_json(path, ConfigError)
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of setting: value")
+            raise ConfigError(
+                f"{path}: expected a mapping of setting: value (the file is {'empty' if values is None else type(values).__name__})"
+            )
         return cls.from_dict({**values, **overrides}, str(path))

@@ -13,7 +13,7 @@ import io
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus, tokenizer_digest
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.evaluation.perplexity import score_chunks
+from lmforge.paths import remove_stale_temporaries, write_atomically
 from lmforge.tokenizers import Tokenizer
 from lmforge.training import checkpointing
 from lmforge.training.allocator import keep_freed_memory
@@ -113,8 +114,11 @@ def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
     if config.tokenizer in KINDS:
         options: dict[str, Any] = {}
         if config.tokenizer == "word":
-            options = dict(lowercase=config.lowercase, min_frequency=config.min_frequency,
-                           max_vocab=config.max_vocab)  # fmt: skip
+            options = dict(
+                lowercase=config.lowercase,
+                min_frequency=config.min_frequency,
+                max_vocab=config.max_vocab,
+            )
         elif config.tokenizer == "char":
             options = dict(byte_fallback=config.byte_fallback)
         elif config.tokenizer == "bpe":
@@ -141,12 +145,21 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
             apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
         return model
     model = build(
-        config.arch, tokenizer.vocab_size, config.block_size, preset=config.preset,
-        family=config.family, n_layer=config.n_layer, n_head=config.n_head,
-        n_embd=config.n_embd, hidden_size=config.hidden_size, d_ff=config.d_ff,
-        dropout=config.dropout, tie_embeddings=config.tie_embeddings, bias=config.bias,
+        config.arch,
+        tokenizer.vocab_size,
+        config.block_size,
+        preset=config.preset,
+        family=config.family,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        hidden_size=config.hidden_size,
+        d_ff=config.d_ff,
+        dropout=config.dropout,
+        tie_embeddings=config.tie_embeddings,
+        bias=config.bias,
         nonlinearity=config.nonlinearity,
-    )  # fmt: skip
+    )
     if config.embeddings:
         _load_embeddings(model, tokenizer, config)
     return model
@@ -165,8 +178,11 @@ def _load_embeddings(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig
             "vectors need the tokenizer's words (a word-level tokenizer, same lower-casing)"
         )
     frozen = " (frozen)" if config.freeze_embeddings else ""
-    print(f"embeddings: {done} of {len(vocabulary)} tokens initialised from {config.embeddings}"
-          f"{frozen}, {random} random", file=sys.stderr)  # fmt: skip
+    print(
+        f"embeddings: {done} of {len(vocabulary)} tokens initialised from {config.embeddings}"
+        f"{frozen}, {random} random",
+        file=sys.stderr,
+    )
 
 
 class Trainer:
@@ -178,10 +194,14 @@ class Trainer:
         out: str | Path,
         resume: bool = False,
         on_step: Callable[[int, float], None] | None = None,
+        changes: Iterable[str] | None = None,
     ):
         self.out = Path(out)
         self.on_step = on_step  # called with (step, loss) after each step, outside its timing
         self.checkpoints = self.out / CHECKPOINTS
+        for directory in (self.out, self.checkpoints):  # what a killed run was writing
+            if directory.is_dir():
+                remove_stale_temporaries(directory)
         self.dist = setup(config.batch_size)
         self.state = checkpointing.load_latest_state(self.checkpoints) if resume else None
         if self.state is None and (self.checkpoints / checkpointing.LAST).exists():
@@ -191,9 +211,12 @@ class Trainer:
             )
         if self.state is not None:
             saved = TrainConfig.from_dict(self.state["config"], f"{self.checkpoints}")
-            if config.steps > saved.steps:  # resuming may extend a finished run
-                saved.steps = config.steps
-            config = saved
+            config, said = saved.resumed_with(config, changes)
+            if said and self.dist.is_main:
+                step = self.state["step"]
+                print(
+                    f"resuming {self.out} at step {step} with " + ", ".join(said), file=sys.stderr
+                )
         self.config = config
         self.corpus = Corpus(config.data, config.jsonl_field)
         self.tokenizer = self._tokenizer()
@@ -312,9 +335,13 @@ class Trainer:
         keep_freed_memory()  # each step's activations reuse the last step's pages
         writer = self._tensorboard()
         bar = tqdm(
-            total=config.steps, initial=self.step, disable=not dist.is_main or None,
-            desc=f"training {config.arch}", unit="step", dynamic_ncols=True,
-        )  # fmt: skip
+            total=config.steps,
+            initial=self.step,
+            disable=not dist.is_main or None,
+            desc=f"training {config.arch}",
+            unit="step",
+            dynamic_ncols=True,
+        )
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
         stopped_early, train_seconds, first_step = False, 0.0, self.step
         step_seconds: list[float] = []
@@ -345,9 +372,14 @@ class Trainer:
             if writer is not None:
                 writer.close()
         result = TrainResult(
-            self.out, self.step, list(self.train_losses), list(self.evaluations), self.best_val,
-            stopped_early, step_seconds,
-        )  # fmt: skip
+            self.out,
+            self.step,
+            list(self.train_losses),
+            list(self.evaluations),
+            self.best_val,
+            stopped_early,
+            step_seconds,
+        )
         teardown()
         return result
 
@@ -395,10 +427,19 @@ class Trainer:
         improved = True
         if len(self.splits.val) > 1:
             with _autocast(config.precision, self.dist.device):
-                score = score_chunks(self.model, self.splits.val, self.tokenizer,
-                                     config.block_size, max_tokens=config.eval_tokens)  # fmt: skip
-            record.update(val_loss=score.loss, val_ppl=score.perplexity,
-                          val_bpc=score.bits_per_character, val_bpb=score.bits_per_byte)  # fmt: skip
+                score = score_chunks(
+                    self.model,
+                    self.splits.val,
+                    self.tokenizer,
+                    config.block_size,
+                    max_tokens=config.eval_tokens,
+                )
+            record.update(
+                val_loss=score.loss,
+                val_ppl=score.perplexity,
+                val_bpc=score.bits_per_character,
+                val_bpb=score.bits_per_byte,
+            )
             improved = self.best_val is None or score.loss < self.best_val
             if improved:
                 self.best_val, self.bad_evals = score.loss, 0
@@ -418,8 +459,11 @@ class Trainer:
             self._write_metrics()
             self._plot()
             if stop:
-                print(f"early stopping at step {self.step}: no improvement in "
-                      f"{config.patience} evaluations", file=sys.stderr)  # fmt: skip
+                print(
+                    f"early stopping at step {self.step}: no improvement in "
+                    f"{config.patience} evaluations",
+                    file=sys.stderr,
+                )
         self.dist.barrier()
         return stop
 
@@ -428,9 +472,11 @@ class Trainer:
         self.lr_scale /= 4.0
         step = self.scheduler.last_epoch
         for group, base, factor in zip(
-            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas,
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            self.scheduler.lr_lambdas,
             strict=True,
-        ):  # fmt: skip
+        ):
             group["lr"] = base * factor(step)
 
     # --- outputs -------------------------------------------------------------------------------
@@ -520,14 +566,23 @@ class Trainer:
         }
 
     def _write_metrics(self) -> None:
-        columns = ["step", "tokens", "train_loss", "val_loss", "val_ppl", "val_bpc", "val_bpb",
-                   "lr", "tokens_per_s"]  # fmt: skip
+        columns = [
+            "step",
+            "tokens",
+            "train_loss",
+            "val_loss",
+            "val_ppl",
+            "val_bpc",
+            "val_bpb",
+            "lr",
+            "tokens_per_s",
+        ]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.evaluations)
         data = buffer.getvalue().encode()
-        checkpointing.write_atomically(self.out / "metrics.csv", lambda f: f.write(data))
+        write_atomically(self.out / "metrics.csv", lambda f: f.write(data))
 
     def _plot(self) -> None:
         import matplotlib
@@ -536,8 +591,13 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, lw=0.8, alpha=0.6,
-                label="train (per step)")  # fmt: skip
+        ax.plot(
+            range(1, len(self.train_losses) + 1),
+            self.train_losses,
+            lw=0.8,
+            alpha=0.6,
+            label="train (per step)",
+        )
         val = [(e["step"], e["val_loss"]) for e in self.evaluations if "val_loss" in e]
         if val:
             ax.plot(*zip(*val, strict=True), "o-", label="validation")
@@ -547,9 +607,7 @@ class Trainer:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        checkpointing.write_atomically(
-            self.out / "loss.png", lambda f: fig.savefig(f, format="png")
-        )
+        write_atomically(self.out / "loss.png", lambda f: fig.savefig(f, format="png"))
         plt.close(fig)
 
     def _tensorboard(self):
@@ -569,7 +627,11 @@ def train(
     out: str | Path,
     resume: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    changes: Iterable[str] | None = None,
 ) -> TrainResult:
     """Train (or resume) a run; see `TrainConfig` for the settings. `on_step(step, loss)` is
-    called after every optimizer step (after any evaluation and checkpoint of that step)."""
-    return Trainer(config, out, resume, on_step).run()
+    called after every optimizer step (after any evaluation and checkpoint of that step).
+
+    A resumed run continues with the settings it was started with; `changes` names the settings
+    of `config` to apply over them (None: every one that differs; the CLI passes the flags given)."""
+    return Trainer(config, out, resume, on_step, changes).run()
