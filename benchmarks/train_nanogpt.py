@@ -58,9 +58,10 @@ from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus
 from lmforge.evaluation.perplexity import score_chunks
 from lmforge.tokenizers.train import train_char_tokenizer
+from lmforge.training.build import parameter_groups
 from lmforge.training.config import TrainConfig
 from lmforge.training.schedule import learning_rate
-from lmforge.training.trainer import parameter_groups, train
+from lmforge.training.trainer import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -83,7 +84,7 @@ def transformers_config(config: TrainConfig, tokenizer):
     from transformers import AutoConfig
 
     from lmforge.checkpoints.bundle import hf_config
-    from lmforge.training.trainer import build_model
+    from lmforge.training.build import build_model
 
     ours = build_model(config, tokenizer).config
     return AutoConfig.for_model(**hf_config(ours, config.family, tokenizer))
@@ -150,7 +151,7 @@ def nanogpt_estimate(model, val, block_size: int, batch_size: int, seed: int) ->
 def run_lmforge(config: TrainConfig, splits, on_step):
     """Train with lmforge's trainer; (result, parameters, nanoGPT-style estimate, a sample)."""
     from lmforge import load
-    from lmforge.training.trainer import build_model
+    from lmforge.training.build import build_model
 
     with tempfile.TemporaryDirectory() as out:
         result = train(config, Path(out) / "run", on_step=on_step)

@@ -12,7 +12,7 @@ from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
 from lmforge.generation.compiled import compile_decode
-from lmforge.generation.config import GenerationConfig
+from lmforge.generation.config import GenerationConfig, hf_generation_keys
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
 
 _DTYPES = {
@@ -32,12 +32,9 @@ class LM:
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
-        defaults = {
-            k: v for k, v in (generation_defaults or {}).items() if k in _HF_GENERATION_KEYS
-        }
-        self.defaults = GenerationConfig.from_options(
-            **{_HF_GENERATION_KEYS[k]: v for k, v in defaults.items()}
-        )
+        honoured = hf_generation_keys()  # generation_config.json keys we read, same names
+        defaults = {k: v for k, v in (generation_defaults or {}).items() if k in honoured}
+        self.defaults = GenerationConfig.from_options(**defaults)
 
     def config(self, **options) -> GenerationConfig:
         """The model's generation defaults overridden by `options` (validated)."""
@@ -127,21 +124,6 @@ def _draft_model(draft):
     raise ConfigError(
         f"draft_model must be an lmforge LM (lmforge.load(...)) or a model, got {type(draft).__name__}"
     )
-
-
-# generation_config.json keys we honour, mapped to our option names.
-_HF_GENERATION_KEYS = {
-    "do_sample": "do_sample",
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "typical_p": "typical_p",
-    "repetition_penalty": "repetition_penalty",
-    "no_repeat_ngram_size": "no_repeat_ngram_size",
-    "num_beams": "num_beams",
-    "length_penalty": "length_penalty",
-}
 
 
 def load(

@@ -132,7 +132,7 @@ def test_compile_needs_a_gpt():
     from lmforge.models.rnn import RNNLM, RNNConfig
 
     with pytest.raises(ConfigError, match="compile=True compiles a GPT's decode step; RNNLM"):
-        compile_decode(RNNLM(RNNConfig(vocab_size=16, n_embd=8, hidden_size=8)))
+        compile_decode(RNNLM(RNNConfig(vocab_size=16, d_model=8, hidden_size=8)))
 
 
 def test_compiled_step_with_padding_rows(tiny_llama_dir):

@@ -301,10 +301,12 @@ def test_embed_cli(tmp_path, capsys):
         str(tmp_path / "t.png"),
     ]
     assert main(tsne) == 0 and (tmp_path / "t.png").stat().st_size > 1000
-    assert main(["embed", "eval", str(out), "--data-dir", str(WORDSIM.parent)]) == 2  # no overlap
-    assert "0 scorable pairs" in capsys.readouterr().err
     assert main(["embed", "neighbors", str(out), "nope"]) == 2
     assert "'nope' is not in the vocabulary" in capsys.readouterr().err
+    if not WORDSIM.exists():
+        pytest.skip(f"needs {WORDSIM}, which is missing")
+    assert main(["embed", "eval", str(out), "--data-dir", str(WORDSIM.parent)]) == 2  # no overlap
+    assert "0 scorable pairs" in capsys.readouterr().err
 
 
 def test_vectors_as_lm_input_embedding():

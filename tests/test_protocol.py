@@ -122,3 +122,25 @@ def test_trace_fills_the_views_it_declares(model):
     if "states" in views:
         hidden = trace.states["hidden state"]
         assert len(hidden) == model.config.n_layer and hidden[0].shape[0] == 7
+
+
+def test_a_recurrent_bundle_written_under_the_old_size_name_still_loads(tmp_path):
+    """Model configs name the embedding size `d_model` everywhere; RNN bundles on disk from
+    before say `n_embd`, and load as they are."""
+    import json
+
+    import lmforge
+    from lmforge.checkpoints.bundle import save_bundle
+    from lmforge.tokenizers.train import train_char_tokenizer
+
+    tokenizer = train_char_tokenizer(["abcdefghij"])
+    model = build_model("lstm", tokenizer.vocab_size, BLOCK, n_embd=12, n_layer=1).eval()
+    save_bundle(model, tokenizer, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["lmforge_config"]["n_embd"] = config["lmforge_config"].pop("d_model")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = lmforge.load(tmp_path).model
+    assert loaded.config.d_model == 12
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        close(loaded(ids)[0], model(ids)[0])

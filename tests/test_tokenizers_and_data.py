@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -23,17 +24,22 @@ from lmforge.tokenizers.train import (
 from tests.conftest import SHARED_DATA
 
 TINY = SHARED_DATA / "tinyshakespeare" / "input.txt"
-SAMPLE = TINY.read_text()[:50_000]
+
+
+@functools.cache
+def sample() -> str:
+    """The first 50,000 characters of Tiny Shakespeare (read when a test first needs them)."""
+    return TINY.read_text()[:50_000]
 
 
 @pytest.fixture(scope="module")
 def char_tok():
-    return train_char_tokenizer([SAMPLE])
+    return train_char_tokenizer([sample()])
 
 
 @pytest.fixture(scope="module")
 def bpe_tok():
-    return train_bpe_tokenizer([SAMPLE], vocab_size=600, special_tokens=["<|user|>"])
+    return train_bpe_tokenizer([sample()], vocab_size=600, special_tokens=["<|user|>"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -144,10 +150,10 @@ def test_token_cache_is_built_once_and_reused(tmp_path, char_tok, monkeypatch):
     import lmforge.data.tokens as tokens_module
 
     corpus_file = tmp_path / "c.txt"
-    corpus_file.write_text(SAMPLE[:5000])
+    corpus_file.write_text(sample()[:5000])
     first = tokenize_corpus(Corpus(corpus_file), char_tok, root=tmp_path / "cache")
     assert first.dtype == np.uint16 and len(first) == 5000
-    assert char_tok.decode(first.tolist()) == SAMPLE[:5000]
+    assert char_tok.decode(first.tolist()) == sample()[:5000]
 
     def fail(*args):
         raise AssertionError("rebuilt a cached corpus")

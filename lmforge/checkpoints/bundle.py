@@ -204,7 +204,7 @@ def load_lmforge_model(saved: dict[str, Any], directory: Path) -> nn.Module:
         raise CheckpointError(f"{directory}/config.json: unknown model_type {kind!r}")
     config_cls, model_cls = MODEL_TYPES[kind]
     try:
-        config = config_cls(**saved["lmforge_config"])
+        config = config_cls.from_dict(saved["lmforge_config"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{directory}/config.json: invalid lmforge_config ({exc})") from exc
     model = model_cls(config)

@@ -160,3 +160,43 @@ def _lines(path: str | Path) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def benchmark_data_dir(given: str | Path | None = None) -> Path:
+    """`given`, else the word-similarity files inside an installed gensim wheel (found through
+    its package metadata, not imported)."""
+    import importlib.metadata
+
+    if given:
+        return Path(given)
+    try:
+        return Path(importlib.metadata.distribution("gensim").locate_file("gensim/test/test_data"))
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "--data-dir DIR with wordsim353.tsv, simlex999.txt and questions-words.txt is needed "
+            "(gensim's wheel ships them: pip install --no-deps gensim)"
+        ) from None
+
+
+def evaluation_report(
+    vectors: KeyedVectors, data_dir: str | Path | None = None, restrict_vocab: int = 300_000
+) -> list[str]:
+    """WordSim-353 and SimLex-999 correlations and the Google analogies, as report lines."""
+    data = benchmark_data_dir(data_dir)
+    lines = []
+    for name in ("wordsim353.tsv", "simlex999.txt"):
+        scores = evaluate_word_pairs(vectors, data / name)
+        lines.append(
+            f"{name}: spearman {scores.spearman:.4f}  pearson {scores.pearson:.4f}  "
+            f"pairs {scores.pairs}  oov {scores.oov_ratio:.1f}%"
+        )
+    analogies = evaluate_word_analogies(
+        vectors, data / "questions-words.txt", restrict_vocab=restrict_vocab
+    )
+    lines.append(
+        f"analogies: accuracy {analogies.accuracy:.4f}  semantic {analogies.semantic:.4f}  "
+        f"syntactic {analogies.syntactic:.4f}  oov {analogies.oov_ratio:.1f}%"
+    )
+    for section, (correct, asked) in analogies.sections.items():
+        lines.append(f"  {section:<28} {correct:>5} / {asked}")
+    return lines

@@ -285,3 +285,31 @@ def weat(
     statistics = 2 * association[shuffled].sum(dim=1) - association.sum()
     p_value = (int((statistics >= observed - 1e-12).sum()) + 1) / (permutations + 1)
     return WEATResult(test, float(effect), p_value, {k: len(v) for k, v in kept.items()}, dropped)
+
+
+def weat_tests(
+    vectors, test: str | None = None, permutations: int = 10_000, seed: int = 0
+) -> tuple[list[WEATResult], list[str]]:
+    """One WEAT test, or every test whose word sets the vocabulary covers, with a line saying why
+    each of the others cannot run."""
+    if test:
+        return [weat(vectors, test, permutations, seed)], []
+    results, skipped = [], []
+    for name in WEAT_TESTS:
+        try:
+            results.append(weat(vectors, name, permutations, seed))
+        except ConfigError as exc:
+            skipped.append(f"skipped: {exc}")
+    if not results:
+        raise ConfigError("no WEAT test can run on these vectors:\n" + "\n".join(skipped))
+    return results, skipped
+
+
+def write_report(out: str | Path, probe: str, model: str, text: str, payload) -> Path:
+    """`bias_PROBE.md` (the tables) and `bias_PROBE.json` (the numbers) in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / f"bias_{probe}.md"
+    report.write_text(f"# Bias probe: {probe}\n\nmodel: {model}\n\n```\n{text}\n```\n")
+    (out / f"bias_{probe}.json").write_text(json.dumps(payload, indent=1))
+    return report

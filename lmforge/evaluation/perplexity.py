@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.data.corpus import Corpus
+from lmforge.data.tokens import split_tokens, tokenize_corpus
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
 
@@ -148,6 +150,33 @@ def perplexity(
     if not text.strip():
         raise ConfigError("the text to evaluate is empty")
     return score_ids(model, tokenizer.encode(text), text, context, stride)
+
+
+def score_corpus(
+    model: nn.Module,
+    tokenizer,
+    data: str,
+    field: str = "text",
+    split: str = "all",
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    max_tokens: int | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+) -> Perplexity:
+    """Score a corpus (any source `Corpus` reads), or one of the splits training makes of it
+    (`split`: "train", "val" or "test", cut at the same token positions), or its first
+    `max_tokens` tokens."""
+    tokens = tokenize_corpus(Corpus(data, field), tokenizer)
+    if split != "all":
+        tokens = split_tokens(tokens, val_fraction, test_fraction)[split]
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ConfigError(f"max_tokens={max_tokens}: expected at least 2")
+        tokens = tokens[:max_tokens]
+    ids = [int(t) for t in tokens]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return score_ids(model, ids, text, context, stride)
 
 
 @torch.inference_mode()

@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from lmforge.errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
+
+
+def option(default: Any = None, help: str = "", **details: Any) -> Any:
+    """A generation option: its default, a line of help, and how the interfaces show it.
+
+    details: `flag` (the CLI flag when it is not `--name-with-dashes`; None: no flag), `cli`
+    ("value", "append", "true" for a store_true switch, "false" for a switch setting False),
+    `choices`, `metavar`, `parse` (CLI text -> value); `group` ("decoding" or "speculative");
+    `hf` (read from a checkpoint's generation_config.json); `openai` (the OpenAI request field that
+    sets it); `server` (a request field of lmforge's own, beside OpenAI's). The CLI, the server's
+    extra fields and the README table are generated from these."""
+    metadata = {"help": help, **details}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _token_bias(text: str) -> tuple[int, float]:
+    token, _, value = text.partition("=")
+    try:
+        return int(token), float(value)
+    except ValueError:
+        raise ConfigError(
+            f"--logit-bias {text!r}: expected TOKEN_ID=BIAS, e.g. 50256=-100", option="logit_bias"
+        ) from None
 
 
 @dataclass
@@ -15,32 +41,93 @@ class GenerationConfig:
     """Every decoding option. Sampling knobs (temperature, top_k/p, min_p, typical_p) imply sampling
     unless `do_sample=False`; `temperature=0` always means greedy."""
 
-    max_new_tokens: int = 128
-    do_sample: bool | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repetition_penalty: float | None = None  # transformers semantics (>1 discourages repeats)
-    frequency_penalty: float = 0.0  # OpenAI semantics, over generated tokens
-    presence_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False  # True, False or "never", as in transformers
-    num_return_sequences: int = 1
-    stop: list[str] = field(default_factory=list)
-    eos_token_ids: list[int] | None = None  # None: the tokenizer's
-    ignore_eos: bool = False
-    seed: int | None = None
-    top_logprobs: int = 0
-    truncate: str | None = None  # None: error if the prompt is too long; "left": keep its end
-    # Speculative greedy decoding: tokens drafted per step from the prompt's own n-grams, or
-    # by a draft model (given to generate() as `draft_model`). Output equals plain greedy.
-    prompt_lookup_num_tokens: int = 0
-    num_draft_tokens: int = 5
+    max_new_tokens: int = option(128, "tokens to generate (default 128)", openai="max_tokens")
+    do_sample: bool | None = option(
+        None,
+        "False forces greedy decoding even with sampling options",
+        flag="--greedy",
+        cli="false",
+        hf=True,
+    )
+    temperature: float | None = option(
+        None,
+        "sampling temperature; any sampling option turns sampling on; 0 means greedy",
+        hf=True,
+        openai="temperature",
+    )
+    top_k: int | None = option(None, "sample from the k most likely tokens", hf=True, server=True)
+    top_p: float | None = option(
+        None, "sample from the smallest set with this much mass", hf=True, openai="top_p"
+    )
+    min_p: float | None = option(
+        None, "drop tokens under min_p x the top probability", hf=True, server=True
+    )
+    typical_p: float | None = option(None, "locally typical sampling mass", hf=True)
+    repetition_penalty: float | None = option(
+        None,
+        "transformers semantics: seen tokens (prompt included) are discouraged when > 1",
+        hf=True,
+        server=True,
+    )
+    frequency_penalty: float = option(
+        0.0, "OpenAI semantics, over generated tokens, in [-2, 2]", openai="frequency_penalty"
+    )
+    presence_penalty: float = option(
+        0.0, "OpenAI semantics, over generated tokens, in [-2, 2]", openai="presence_penalty"
+    )
+    no_repeat_ngram_size: int = option(0, "ban repeating any n-gram of this size", hf=True)
+    logit_bias: dict[int, float] = option(
+        dict,
+        "add a bias to token ids",
+        cli="append",
+        metavar="TOKEN_ID=BIAS",
+        parse=_token_bias,
+        openai="logit_bias",
+    )
+    num_beams: int = option(1, "beam search width (transformers' semantics)", hf=True)
+    length_penalty: float = option(1.0, "beam search: score / length ** length_penalty", hf=True)
+    early_stopping: bool | str = option(
+        False,
+        "beam search: True, False or 'never', as in transformers",
+        choices=["true", "false", "never"],
+        parse=lambda t: {"true": True, "false": False}.get(t, t),
+    )
+    num_return_sequences: int = option(
+        1, "sequences per prompt", flag=("--num-return-sequences", "-n"), openai="n"
+    )
+    stop: list[str] = option(
+        list,
+        "stop strings, found even when split across tokens; never streamed",
+        cli="append",
+        openai="stop",
+    )
+    eos_token_ids: list[int] | None = option(
+        None, "end tokens (default: the tokenizer's)", flag=None
+    )
+    ignore_eos: bool = option(False, "keep generating past end-of-sequence", cli="true")
+    seed: int | None = option(None, "makes sampling reproducible", openai="seed")
+    top_logprobs: int = option(
+        0, "report the k most likely alternatives at each step", openai="logprobs"
+    )
+    truncate: str | None = option(
+        None,
+        "'left' keeps the end of a prompt longer than the context (default: an error)",
+        choices=["left"],
+    )
+    prompt_lookup_num_tokens: int = option(
+        0,
+        "speculative greedy decoding: draft N tokens from the text's own n-grams",
+        flag="--prompt-lookup",
+        metavar="N",
+        group="speculative",
+    )
+    num_draft_tokens: int = option(
+        5,
+        "tokens a draft model proposes per step (with draft_model)",
+        flag="--draft-tokens",
+        metavar="N",
+        group="speculative",
+    )
 
     @classmethod
     def from_options(cls, base: GenerationConfig | None = None, **options) -> GenerationConfig:
@@ -178,3 +265,26 @@ class GenerationConfig:
                 f"{option} works with greedy decoding only; drop the sampling options "
                 "(temperature, top_k, top_p, min_p, typical_p, do_sample) and num_beams"
             )
+
+
+def hf_generation_keys() -> list[str]:
+    """The options read from a checkpoint's generation_config.json (same names as transformers)."""
+    return [f.name for f in fields(GenerationConfig) if f.metadata.get("hf")]
+
+
+def cli_flags(f) -> tuple[str, ...]:
+    """The command-line flags of an option (none for options the CLI does not offer)."""
+    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    return () if flag is None else ((flag,) if isinstance(flag, str) else tuple(flag))
+
+
+def options_table() -> str:
+    """The README's table of generation options, from the fields' own metadata."""
+    rows = ["| option | CLI | server | meaning |", "|---|---|---|---|"]
+    for f in fields(GenerationConfig):
+        meta = f.metadata
+        flags = ", ".join(f"`{flag}`" for flag in cli_flags(f))
+        server = meta.get("openai") or (f.name if meta.get("server") else "")
+        server = f"`{server}`" if server else ""
+        rows.append(f"| `{f.name}` | {flags} | {server} | {meta['help']} |")
+    return "\n".join(rows)

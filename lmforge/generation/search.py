@@ -36,6 +36,21 @@ class Completion:
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     score: float | None = None  # beam search: the length-penalised sequence score
 
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (token ids as string keys in `top_logprobs`)."""
+        data = {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "logprobs": self.logprobs,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+        }
+        if self.top_logprobs:
+            data["top_logprobs"] = [{str(k): v for k, v in t.items()} for t in self.top_logprobs]
+        if self.score is not None:
+            data["score"] = self.score
+        return data
+
 
 def start_token(tokenizer: Tokenizer, index: int = 0) -> int:
     """The token an empty prompt starts from: BOS, else the first EOS (GPT-2's <|endoftext|>)."""

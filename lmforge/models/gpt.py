@@ -91,6 +91,10 @@ class GPTConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
+        return cls(**data)
+
 
 class Attention(nn.Module):
     """Multi-head (or grouped-query) causal self-attention with one fused q/k/v projection."""

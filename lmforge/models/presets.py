@@ -88,7 +88,7 @@ def model_config(
         return RNNConfig(
             vocab_size=vocab_size,
             cell=cell,
-            n_embd=size,
+            d_model=size,
             hidden_size=given(hidden_size, size),
             n_layer=given(n_layer, 2),
             dropout=given(dropout, 0.2),

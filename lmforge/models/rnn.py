@@ -24,7 +24,7 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 class RNNConfig:
     vocab_size: int
     cell: str = "lstm"
-    n_embd: int = 200
+    d_model: int = 200  # the embedding size (bundles before 0.2 call it n_embd)
     hidden_size: int = 200
     n_layer: int = 2
     dropout: float = 0.2
@@ -34,19 +34,25 @@ class RNNConfig:
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ConfigError(f"cell={self.cell!r}; expected one of {CELLS}")
-        for name in ("vocab_size", "n_embd", "hidden_size", "n_layer"):
+        for name in ("vocab_size", "d_model", "hidden_size", "n_layer"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)}; expected a positive integer")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout}; expected a value in [0, 1)")
-        if self.tie_embeddings and self.n_embd != self.hidden_size:
+        if self.tie_embeddings and self.d_model != self.hidden_size:
             raise ConfigError(
-                f"tied embeddings need n_embd == hidden_size (got {self.n_embd} and "
+                f"tied embeddings need d_model (n_embd) == hidden_size (got {self.d_model} and "
                 f"{self.hidden_size}); set them equal or turn tying off"
             )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RNNConfig:
+        """A config from `to_dict`'s output, including bundles written under the old names."""
+        renamed = {"n_embd": "d_model"}
+        return cls(**{renamed.get(k, k): v for k, v in data.items()})
 
 
 class RNNState:
@@ -105,19 +111,27 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = config
         self.drop = nn.Dropout(config.dropout)
-        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
         between = config.dropout if config.n_layer > 1 else 0.0
         if config.cell == "lstm":
             self.rnn = nn.LSTM(
-                config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True
+                config.d_model,
+                config.hidden_size,
+                config.n_layer,
+                dropout=between,
+                batch_first=True,
             )
         elif config.cell == "gru":
             self.rnn = nn.GRU(
-                config.n_embd, config.hidden_size, config.n_layer, dropout=between, batch_first=True
+                config.d_model,
+                config.hidden_size,
+                config.n_layer,
+                dropout=between,
+                batch_first=True,
             )
         else:
             self.rnn = nn.RNN(
-                config.n_embd,
+                config.d_model,
                 config.hidden_size,
                 config.n_layer,
                 dropout=between,

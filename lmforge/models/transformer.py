@@ -50,6 +50,10 @@ class TransformerConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
+        return cls(**data)
+
 
 def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """ "Attention is all you need" encodings: sin on even features, cos on odd, for any position."""

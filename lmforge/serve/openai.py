@@ -6,6 +6,7 @@ tokens (and its client: a client that leaves frees its rows), and OpenAI's piece
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,13 +18,16 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from lmforge.errors import ConfigError
+from lmforge.generation.config import GenerationConfig
 from lmforge.generation.stream import StreamEvent
 from lmforge.serve.batcher import DONE, Batcher, Job, QueueFull
-from lmforge.serve.schemas import APIError, SamplingRequest, Settings
+from lmforge.serve.schemas import SERVER_EXTRAS, APIError, SamplingRequest, Settings
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 # GenerationConfig option -> the request field a client sets it with, to name it in errors
-REQUEST_FIELDS = {"max_new_tokens": "max_tokens", "top_logprobs": "logprobs"}
+REQUEST_FIELDS = {
+    f.name: f.metadata.get("openai", f.name) for f in dataclasses.fields(GenerationConfig)
+}
 
 
 @dataclass
@@ -121,9 +125,7 @@ class OpenAIService:
             "max_new_tokens": max_tokens,
             "temperature": req.temperature,
             "top_p": req.top_p if req.top_p < 1 else None,
-            "top_k": req.top_k,
-            "min_p": req.min_p,
-            "repetition_penalty": req.repetition_penalty,
+            **{f.name: getattr(req, f.name) for f in SERVER_EXTRAS},
             "presence_penalty": req.presence_penalty,
             "frequency_penalty": req.frequency_penalty,
             "logit_bias": bias,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from lmforge.generation.config import MAX_SEED
+from lmforge.generation.config import MAX_SEED, GenerationConfig
 
 
 class APIError(Exception):
@@ -40,8 +41,8 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class SamplingRequest(_Strict):
-    """Parameters shared by both routes; top_k, min_p and repetition_penalty are lmforge's."""
+class _OpenAISampling(_Strict):
+    """OpenAI's parameters shared by both routes."""
 
     model: str
     max_tokens: int | None = None
@@ -56,9 +57,17 @@ class SamplingRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+
+
+# lmforge's own options a request may add (the `server` options of GenerationConfig), checked
+# as GenerationConfig checks them.
+SERVER_EXTRAS = [f for f in fields(GenerationConfig) if f.metadata.get("server")]
+SamplingRequest = create_model(
+    "SamplingRequest",
+    __base__=_OpenAISampling,
+    __doc__="Parameters shared by both routes: OpenAI's, and lmforge's own extras.",
+    **{f.name: (f.type, None) for f in SERVER_EXTRAS},
+)
 
 
 class CompletionRequest(SamplingRequest):

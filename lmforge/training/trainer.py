@@ -8,8 +8,6 @@ it), `checkpoints/last.pt` (everything needed to resume), `metrics.csv` and `los
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import statistics
 import sys
 import time
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.batches import RandomWindows, Streams
@@ -27,12 +24,22 @@ from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus, tokenizer_digest
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.evaluation.perplexity import score_chunks
-from lmforge.paths import remove_stale_temporaries, write_atomically
+from lmforge.paths import remove_stale_temporaries
 from lmforge.tokenizers import Tokenizer
 from lmforge.training import checkpointing
 from lmforge.training.allocator import keep_freed_memory
+from lmforge.training.build import build_model, build_tokenizer, make_optimizer
 from lmforge.training.config import TrainConfig
 from lmforge.training.distributed import setup, teardown
+from lmforge.training.objectives import causal_lm_loss
+from lmforge.training.reporting import (
+    LossPlot,
+    MetricsFile,
+    ProgressBar,
+    Reporter,
+    StepCallback,
+    TensorBoard,
+)
 from lmforge.training.schedule import make_scheduler
 
 CHECKPOINTS = "checkpoints"
@@ -72,117 +79,6 @@ def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()  # (entering even a disabled autocast costs ~2 ms a step)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """nanoGPT's split: matrices and embeddings decay; biases and norm weights do not."""
-    decay, no_decay = [], []
-    for param in {id(p): p for p in model.parameters() if p.requires_grad}.values():
-        (decay if param.dim() >= 2 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":  # word_language_model's plain SGD
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
-    # The fused kernel updates every parameter in one pass (about 3x faster than foreach here);
-    # sharded (DTensor) parameters take the default implementation.
-    return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        fused=not config.fsdp,
-    )
-
-
-def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
-    """Train the configured tokenizer on the training text, or take a pretrained model's."""
-    from lmforge.tokenizers.train import KINDS, train_tokenizer
-
-    if config.init_from:
-        from lmforge.checkpoints import load_checkpoint
-
-        if config.tokenizer not in ("char", config.init_from):
-            raise ConfigError(
-                "fine-tuning keeps the pretrained model's tokenizer; drop --tokenizer"
-            )
-        return load_checkpoint(config.init_from).tokenizer
-    if config.tokenizer in KINDS:
-        options: dict[str, Any] = {}
-        if config.tokenizer == "word":
-            options = dict(
-                lowercase=config.lowercase,
-                min_frequency=config.min_frequency,
-                max_vocab=config.max_vocab,
-            )
-        elif config.tokenizer == "char":
-            options = dict(byte_fallback=config.byte_fallback)
-        elif config.tokenizer == "bpe":
-            options = dict(vocab_size=config.vocab_size)
-        return train_tokenizer(config.tokenizer, corpus.texts(), **options)
-    from lmforge.checkpoints import load_checkpoint
-
-    return load_checkpoint(config.tokenizer).tokenizer
-
-
-def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
-    """A new model of `config.arch`, or the pretrained `init_from` (with LoRA adapters if asked)."""
-    from lmforge.models.presets import build_model as build
-
-    torch.manual_seed(config.seed)  # initial weights (and LoRA's A) are part of the run
-    if config.init_from:
-        from lmforge.checkpoints import load_checkpoint
-
-        model = load_checkpoint(config.init_from).model.float()
-        model.config.max_seq_len = max(model.config.max_seq_len, config.block_size)
-        if config.lora_rank:
-            from lmforge.models.lora import apply_lora
-
-            apply_lora(model, config.lora_targets, config.lora_rank, config.lora_alpha)
-        return model
-    model = build(
-        config.arch,
-        tokenizer.vocab_size,
-        config.block_size,
-        preset=config.preset,
-        family=config.family,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        hidden_size=config.hidden_size,
-        d_ff=config.d_ff,
-        dropout=config.dropout,
-        tie_embeddings=config.tie_embeddings,
-        bias=config.bias,
-        nonlinearity=config.nonlinearity,
-    )
-    if config.embeddings:
-        _load_embeddings(model, tokenizer, config)
-    return model
-
-
-def _load_embeddings(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig) -> None:
-    """Initialise the input embedding from word vectors, row by row of the vocabulary."""
-    from lmforge.embeddings.vectors import KeyedVectors, load_into_embedding
-
-    vectors = KeyedVectors.load(config.embeddings)
-    vocabulary = [tokenizer.token(i) or "" for i in range(tokenizer.vocab_size)]
-    done, random = load_into_embedding(model.embed, vocabulary, vectors, config.freeze_embeddings)
-    if done == 0:
-        raise ConfigError(
-            f"embeddings={config.embeddings}: no token of the vocabulary has a vector; the "
-            "vectors need the tokenizer's words (a word-level tokenizer, same lower-casing)"
-        )
-    frozen = " (frozen)" if config.freeze_embeddings else ""
-    print(
-        f"embeddings: {done} of {len(vocabulary)} tokens initialised from {config.embeddings}"
-        f"{frozen}, {random} random",
-        file=sys.stderr,
-    )
 
 
 class Trainer:
@@ -329,19 +225,9 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        from tqdm import tqdm
-
-        config, dist = self.config, self.dist
+        config = self.config
         keep_freed_memory()  # each step's activations reuse the last step's pages
-        writer = self._tensorboard()
-        bar = tqdm(
-            total=config.steps,
-            initial=self.step,
-            disable=not dist.is_main or None,
-            desc=f"training {config.arch}",
-            unit="step",
-            dynamic_ncols=True,
-        )
+        reporters = self._reporters()
         tokens_per_step = config.batch_size * config.block_size * config.grad_accum
         stopped_early, train_seconds, first_step = False, 0.0, self.step
         step_seconds: list[float] = []
@@ -354,23 +240,19 @@ class Trainer:
                 step_seconds.append(time.perf_counter() - started)
                 train_seconds += step_seconds[-1]
                 speed = tokens_per_step * (self.step - first_step) / max(train_seconds, 1e-9)
-                bar.update(1)
                 if self.step % config.log_interval == 0 or self.step == config.steps:
                     lr = self.scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}")
-                    if writer is not None:
-                        writer.add_scalar("train/loss", loss, self.step)
-                        writer.add_scalar("train/lr", lr, self.step)
+                    for reporter in reporters:
+                        reporter.on_log(self.step, loss, lr, speed)
                 if self.step % config.eval_interval == 0 or self.step == config.steps:
-                    stopped_early = self._evaluate_and_save(speed, writer)
-                if self.on_step is not None:
-                    self.on_step(self.step, loss)
+                    stopped_early = self._evaluate_and_save(speed, reporters)
+                for reporter in reporters:
+                    reporter.on_step(self.step, loss)
                 if stopped_early:
                     break
         finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
+            for reporter in reporters:
+                reporter.close()
         result = TrainResult(
             self.out,
             self.step,
@@ -382,6 +264,23 @@ class Trainer:
         )
         teardown()
         return result
+
+    def _reporters(self) -> list[Reporter]:
+        """The progress bar and the run directory's files (one process writes them), and the
+        caller's `on_step` (every process)."""
+        reporters: list[Reporter] = []
+        config = self.config
+        if self.dist.is_main:
+            reporters += [
+                ProgressBar(config.steps, self.step, config.arch),
+                MetricsFile(self.out),
+                LossPlot(self.out, f"{config.arch} on {config.data}"),
+            ]
+            if config.tensorboard:
+                reporters.append(TensorBoard(self.out))
+        if self.on_step is not None:
+            reporters.append(StepCallback(self.on_step))
+        return reporters
 
     def _train_step(self) -> float:
         config, dist = self.config, self.dist
@@ -403,7 +302,7 @@ class Trainer:
                     self.hidden.detach()
                 else:
                     logits, _ = self.runner(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                loss = causal_lm_loss(logits, y)
                 (loss / config.grad_accum).backward()
             total += loss.item() / config.grad_accum
         if config.grad_clip > 0:
@@ -413,7 +312,7 @@ class Trainer:
         self.scheduler.step()
         return dist.mean(total)
 
-    def _evaluate_and_save(self, speed: float, writer) -> bool:
+    def _evaluate_and_save(self, speed: float, reporters: list[Reporter]) -> bool:
         """Score the validation split, keep the best model, checkpoint; True to stop early."""
         config = self.config
         record: dict[str, Any] = {
@@ -447,8 +346,6 @@ class Trainer:
                 self.bad_evals += 1
                 if config.schedule == "plateau":
                     self._anneal()
-            if writer is not None:
-                writer.add_scalar("val/loss", score.loss, self.step)
         self.evaluations.append(record)
         stop = config.patience is not None and self.bad_evals >= config.patience
         state = self._snapshot()  # every process takes part (gathers shards and hidden states)
@@ -456,8 +353,8 @@ class Trainer:
             if improved:
                 self.save_model(self.out, state["model"])
             checkpointing.save_state(state, self.checkpoints)
-            self._write_metrics()
-            self._plot()
+            for reporter in reporters:
+                reporter.on_evaluation(self.evaluations, self.train_losses)
             if stop:
                 print(
                     f"early stopping at step {self.step}: no improvement in "
@@ -564,62 +461,6 @@ class Trainer:
             "bad_evals": self.bad_evals,
             "lr_scale": self.lr_scale,
         }
-
-    def _write_metrics(self) -> None:
-        columns = [
-            "step",
-            "tokens",
-            "train_loss",
-            "val_loss",
-            "val_ppl",
-            "val_bpc",
-            "val_bpb",
-            "lr",
-            "tokens_per_s",
-        ]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.evaluations)
-        data = buffer.getvalue().encode()
-        write_atomically(self.out / "metrics.csv", lambda f: f.write(data))
-
-    def _plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        ax.plot(
-            range(1, len(self.train_losses) + 1),
-            self.train_losses,
-            lw=0.8,
-            alpha=0.6,
-            label="train (per step)",
-        )
-        val = [(e["step"], e["val_loss"]) for e in self.evaluations if "val_loss" in e]
-        if val:
-            ax.plot(*zip(*val, strict=True), "o-", label="validation")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(f"{self.config.arch} on {self.config.data}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        write_atomically(self.out / "loss.png", lambda f: fig.savefig(f, format="png"))
-        plt.close(fig)
-
-    def _tensorboard(self):
-        if not self.config.tensorboard or not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "tensorboard=True needs the tensorboard package: pip install tensorboard"
-            ) from None
-        return SummaryWriter(str(self.out / "tensorboard"))
 
 
 def train(

@@ -1,4 +1,4 @@
-"""`lmforge train`, `lmforge finetune` and `lmforge eval`.
+"""`lmforge train` and `lmforge finetune`.
 
 Every `TrainConfig` setting is also a flag (`--block-size`, `--lr`, ...), generated from the
 dataclass so the two never drift apart; flags override a `--config` file.

@@ -2,51 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from lmforge.errors import ConfigError
 
 
-def _corpus_text(data: str, field: str = "text") -> str:
-    from lmforge.data.corpus import Corpus
-
-    return "\n\n".join(Corpus(data, field).texts())
-
-
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     import lmforge
-    from lmforge.data.corpus import Corpus
-    from lmforge.data.tokens import split_tokens, tokenize_corpus
-    from lmforge.evaluation.perplexity import score_ids
+    from lmforge.evaluation.perplexity import score_corpus
 
     lm = lmforge.load(args.model)
-    tokens = tokenize_corpus(Corpus(args.data, args.field), lm.tokenizer)
-    if args.split != "all":  # the same token-position split training uses
-        tokens = split_tokens(tokens, args.val_fraction, args.test_fraction)[args.split]
-    if args.max_tokens is not None:
-        if args.max_tokens < 2:
-            raise ConfigError(f"--max-tokens {args.max_tokens}: expected at least 2")
-        tokens = tokens[: args.max_tokens]
-    ids = [int(t) for t in tokens]
-    text = lm.tokenizer.decode(ids, skip_special_tokens=False)
-    score = score_ids(lm.model, ids, text, args.context, args.stride)
+    score = score_corpus(
+        lm.model,
+        lm.tokenizer,
+        args.data,
+        args.field,
+        args.split,
+        args.val_fraction,
+        args.test_fraction,
+        args.max_tokens,
+        args.context,
+        args.stride,
+    )
     result = {"model": str(lm.source), "data": args.data, "split": args.split, **score.to_dict()}
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key:<{width}}  {shown}")
+        return 0
+    width = max(map(len, result))
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     import lmforge
+    from lmforge.data.corpus import Corpus
     from lmforge.evaluation.compare import compare
 
-    text = _corpus_text(args.data)[: args.max_chars]
+    text = "\n\n".join(Corpus(args.data).texts())[: args.max_chars]
     models = {name: lmforge.load(name) for name in args.models}
     rows, page = compare(
         models,
@@ -63,7 +59,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_explain(args) -> int:
+def cmd_explain(args: argparse.Namespace) -> int:
     import lmforge
     from lmforge.evaluation.explain import write_report
 
@@ -76,28 +72,15 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_bias(args) -> int:
+def cmd_bias(args: argparse.Namespace) -> int:
     from lmforge.evaluation import bias
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.probe == "weat":
         from lmforge.embeddings import KeyedVectors
 
         vectors = KeyedVectors.load(args.model)
-        if args.test:
-            results = [bias.weat(vectors, args.test, args.permutations, args.seed)]
-            skipped = []
-        else:  # every test whose word sets the vocabulary covers; say why the others cannot run
-            results, skipped = [], []
-            for test in bias.WEAT_TESTS:
-                try:
-                    results.append(bias.weat(vectors, test, args.permutations, args.seed))
-                except ConfigError as exc:
-                    skipped.append(f"skipped: {exc}")
-            if not results:
-                raise ConfigError("no WEAT test can run on these vectors:\n" + "\n".join(skipped))
-        lines = [r.table() for r in results] + skipped
+        results, skipped = bias.weat_tests(vectors, args.test, args.permutations, args.seed)
+        text = "\n".join([r.table() for r in results] + skipped)
         payload = [r.__dict__ for r in results]
     else:
         import lmforge
@@ -113,14 +96,9 @@ def cmd_bias(args) -> int:
         else:
             items = bias.read_stereoset(args.data)[: args.limit]
             result = bias.stereoset(lm, items, seed=args.seed)
-        lines, payload = [result.table()], result.to_dict()
-    text = "\n".join(lines)
+        text, payload = result.table(), result.to_dict()
     print(text)
-    (out / f"bias_{args.probe}.md").write_text(
-        f"# Bias probe: {args.probe}\n\nmodel: {args.model}\n\n```\n{text}\n```\n"
-    )
-    (out / f"bias_{args.probe}.json").write_text(json.dumps(payload, indent=1))
-    print(f"report: {out / f'bias_{args.probe}.md'}")
+    print(f"report: {bias.write_report(args.out, args.probe, args.model, text, payload)}")
     return 0
 
 
