@@ -83,7 +83,7 @@ def transformers_config(config: TrainConfig, tokenizer):
     what lmforge's model of `config` does: the config.json lmforge's bundle export writes."""
     from transformers import AutoConfig
 
-    from lmforge.checkpoints.bundle import hf_config
+    from lmforge.checkpoints.hf import hf_config
     from lmforge.training.build import build_model
 
     ours = build_model(config, tokenizer).config

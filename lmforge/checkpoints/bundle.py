@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,120 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.checkpoints.hf import INVERSE_RULES
+from lmforge.checkpoints.hf import hf_config, hf_family, hf_tensors, read_hf_weights
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.gpt import GPT
+from lmforge.models.presets import MODEL_TYPES, model_type
+from lmforge.models.quantized import quantized_mode
 from lmforge.tokenizers import Tokenizer
-
-
-def hf_family(config: GPTConfig) -> str | None:
-    """ "gpt2" or "llama" when the config is exactly expressible as that HF architecture."""
-    square = config.n_head * config.head_dim == config.d_model
-    if (
-        config.norm == "layernorm"
-        and config.mlp in ("gelu", "gelu_exact")
-        and config.position == "learned"
-        and config.n_kv_head == config.n_head
-        and square
-    ):
-        return "gpt2"  # missing biases are written as zeros: the same function
-    if (
-        config.norm == "rmsnorm"
-        and config.mlp == "swiglu"
-        and config.position == "rope"
-        and config.qkv_bias == config.out_bias
-    ):
-        return "llama"
-    return None
-
-
-def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str, Any]:
-    """The `config.json` of the Hugging Face model that computes what `config` does (`family`
-    from `hf_family`); `transformers.AutoConfig.for_model(**it)` reads it."""
-    ids = {
-        "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.eos_ids[0] if tokenizer.eos_ids else None,
-        "pad_token_id": tokenizer.pad_id,
-    }
-    if family == "gpt2":
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": config.vocab_size,
-            "n_layer": config.n_layer,
-            "n_head": config.n_head,
-            "n_embd": config.d_model,
-            "n_inner": config.d_ff,
-            "n_positions": config.max_seq_len,
-            "layer_norm_epsilon": config.norm_eps,
-            "activation_function": "gelu_new" if config.mlp == "gelu" else "gelu",
-            "resid_pdrop": config.dropout,
-            "embd_pdrop": config.dropout,
-            "attn_pdrop": 0.0,
-            "tie_word_embeddings": config.tie_embeddings,
-            **ids,
-        }
-    return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_theta,
-        "rope_scaling": config.rope_scaling,
-        "attention_bias": config.qkv_bias,
-        "mlp_bias": config.mlp_bias,
-        "hidden_act": "silu",
-        "tie_word_embeddings": config.tie_embeddings,
-        **ids,
-    }
-
-
-_PREFIX = {"gpt2": "transformer.", "llama": "model."}
-
-
-def _hf_tensors(model: GPT, family: str) -> dict[str, torch.Tensor]:
-    """Our state dict under HF names: q/k/v and gate/up split again, GPT-2's Conv1D transposed."""
-    config = model.config
-    ours: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if family == "llama" and ".attn.qkv." in name:
-            sizes = [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2
-            for part, piece in zip("qkv", tensor.split(sizes, dim=0), strict=True):
-                ours[name.replace(".qkv.", f".{part}.")] = piece
-        elif family == "llama" and ".mlp.gate_up." in name:
-            gate, up = tensor.chunk(2, dim=0)
-            ours[name.replace(".gate_up.", ".gate.")] = gate
-            ours[name.replace(".gate_up.", ".up.")] = up
-        else:
-            ours[name] = tensor
-    if family == "gpt2":  # GPT-2 always has biases; a model trained without them gets zeros
-        for name, tensor in list(ours.items()):
-            if name.endswith(".weight") and (name.startswith("blocks.") or name == "norm.weight"):
-                bias = name.removesuffix("weight") + "bias"
-                ours.setdefault(bias, torch.zeros(tensor.shape[0], dtype=tensor.dtype))
-    hf: dict[str, torch.Tensor] = {}
-    for name, tensor in ours.items():
-        if name == "lm_head.weight":
-            if not config.tie_embeddings:
-                hf["lm_head.weight"] = tensor
-            continue
-        for regex, target in INVERSE_RULES[family]:
-            match = regex.match(name)
-            if match:
-                if family == "gpt2" and re.search(r"\.(qkv|out|up|down)\.weight$", name):
-                    tensor = tensor.t()
-                hf[_PREFIX[family] + target.format(**match.groupdict())] = tensor
-                break
-        else:
-            raise CheckpointError(f"no Hugging Face name for tensor {name!r} ({family})")
-    return hf
 
 
 def _plain_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -155,9 +46,6 @@ def save_bundle(
     """Write `model` and `tokenizer` as a bundle in `directory`; returns the directory."""
     from safetensors.torch import save_file
 
-    from lmforge.models.presets import model_type
-    from lmforge.models.quantized import quantized_mode
-
     if quantized_mode(model) != "none":
         raise ConfigError("a quantised model cannot be saved as a bundle; load it unquantised")
     directory = Path(directory)
@@ -165,7 +53,7 @@ def save_bundle(
     family = hf_family(model.config) if isinstance(model, GPT) else None
     if family is not None:
         config = hf_config(model.config, family, tokenizer)
-        tensors = _hf_tensors(model, family)
+        tensors = hf_tensors(model, family)
     else:
         config = {"model_type": model_type(model), "lmforge_config": model.config.to_dict()}
         tensors = _plain_tensors(model)
@@ -196,8 +84,6 @@ def save_bundle(
 def load_lmforge_model(saved: dict[str, Any], directory: Path) -> nn.Module:
     """Rebuild a model saved with an "lmforge-..." model_type (`saved`: its config.json) and
     load its weights."""
-    from lmforge.checkpoints.hf import read_hf_weights
-    from lmforge.models.presets import MODEL_TYPES
 
     kind = saved.get("model_type")
     if kind not in MODEL_TYPES:

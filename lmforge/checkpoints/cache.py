@@ -19,6 +19,7 @@ import torch
 
 from lmforge.models.gpt import GPTConfig
 from lmforge.paths import cache_root
+from lmforge.tokenizers import Tokenizer
 
 FORMAT_VERSION = 3  # 3: an int4 model's output head has tensors of its own
 # torch's own format: it aligns every tensor to 64 bytes (the int8/int4 kernels' vector loads
@@ -76,8 +77,6 @@ def load_converted(entry: Path):
     The weights are memory-mapped, not read: loading costs no copy, and the pages are shared
     by every process that uses the same model."""
     import pickle
-
-    from lmforge.tokenizers import Tokenizer
 
     if not entry.exists():
         return None

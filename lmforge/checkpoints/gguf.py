@@ -18,6 +18,7 @@ import torch
 
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPTConfig
+from lmforge.tokenizers import Tokenizer
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
 
@@ -185,8 +186,6 @@ def tokenizer_from_gguf(file: GGUFFile):
     """Rebuild the tokenizer stored in GGUF metadata as a `tokenizers` byte-level BPE."""
     import tokenizers
     from tokenizers import Regex, decoders, models, pre_tokenizers
-
-    from lmforge.tokenizers import Tokenizer
 
     kind = file.get("tokenizer.ggml.model")
     if kind != "gpt2":

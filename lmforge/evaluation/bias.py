@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
+from lmforge.generation.search import start_token
 
 CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 STEREOSET_KEYS = ("type", "bias_type", "context", "stereotype", "anti-stereotype", "unrelated")
@@ -36,7 +37,6 @@ STEREOSET_KEYS = ("type", "bias_type", "context", "stereotype", "anti-stereotype
 def sentence_logprob(lm, text: str) -> tuple[float, int]:
     """(sum of log p(token | earlier tokens), number of tokens) of `text`, every token scored:
     the first is conditioned on the start token (BOS, else end-of-text)."""
-    from lmforge.generation.search import start_token
 
     ids = lm.tokenizer.encode(text, add_special_tokens=False)
     if not ids:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.data.batches import eval_chunks
 from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus
 from lmforge.device import model_device
@@ -192,7 +193,6 @@ def score_chunks(
     `block_size` at a time, each token predicted once. Recurrent models carry their state
     across chunks; attention models see each chunk alone (the sliding-window protocol with
     stride = context, batched)."""
-    from lmforge.data.batches import eval_chunks
 
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]

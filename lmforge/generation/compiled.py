@@ -3,8 +3,8 @@
 Eager PyTorch spends most of a small model's decode step dispatching ~1,000 tiny ops (norms,
 RoPE, residual adds); inductor fuses them into a few dozen C++ loops. The step is captured with
 `torch.export` and compiled by AOTInductor into a shared library that runs the whole step in
-C++: no Python, no Dynamo guards or frame evaluation between the kernels (measured on
-SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~6.3 ms). What shapes the graph:
+C++: no Python, no Dynamo guards or frame evaluation between the kernels (the README gives
+the measured step times). What shapes the graph:
 - every layer's KV cache is its own tensor, written in place at a slot given as a tensor, and
   attention reads a prefix whose length is a dynamic dimension: one graph serves every position;
 - the weights are inputs of the graph, not constants baked into the library: it shares the
@@ -13,7 +13,7 @@ SmolLM2-135M int4, 2 cores: eager 14.5 ms a step, compiled ~6.3 ms). What shapes
 
 Each input layout (batch size, cache length, dtype, device, padding) compiles once, in about a
 minute, into `<lmforge cache>/compiled/`; a later process loads it in milliseconds, without
-importing the compiler at all (which alone would cost ~230 MiB of memory). The weights are
+importing the compiler at all (a large import, in time and memory). The weights are
 re-read for every new KV cache, so weights replaced after compiling are the ones used; new
 weight shapes or types make a new cache key, compiled anew.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 
 
@@ -31,8 +32,6 @@ class LogitBias:
         self.ids = torch.tensor(list(bias), dtype=torch.long, device="cpu")
         self.values = torch.tensor(list(bias.values()), dtype=torch.float32, device="cpu")
         if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= vocab_size):
-            from lmforge.errors import ConfigError
-
             raise ConfigError(f"logit_bias has a token id outside [0, {vocab_size})")
 
     def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:

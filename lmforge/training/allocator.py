@@ -2,9 +2,9 @@
 
 A training step allocates and frees the same activation buffers every step. glibc's malloc
 returns blocks above its mmap threshold to the kernel and trims the top of its heap, so the
-next step page-faults that memory in again, zeroed page by page: about 1,400 page faults a step
-on nanoGPT's CPU configuration. With the mmap threshold at its maximum (32 MiB) and a high trim
-threshold the pages stay mapped (about 4 faults a step), as a preloaded jemalloc or tcmalloc
+next step page-faults that memory in again, zeroed page by page (the README gives the counts
+measured on nanoGPT's CPU configuration). With the mmap threshold at its maximum (32 MiB, glibc's
+limit) and a high trim threshold the pages stay mapped, as a preloaded jemalloc or tcmalloc
 would do. The cost: the process keeps its peak memory after the step instead of handing it back.
 """
 
