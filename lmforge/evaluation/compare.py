@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmforge.evaluation.perplexity import perplexity
+from lmforge.evaluation.perplexity import model_context, perplexity
 
 
 @dataclass
@@ -56,8 +56,8 @@ def measure(
     stride: int | None,
 ) -> ModelRow:
     """Score `text`, time a greedy continuation of `prompt`, and describe the model."""
-    if context is not None and hasattr(lm.model.config, "max_seq_len"):
-        context = min(context, lm.model.config.max_seq_len)  # each model within its own window
+    if context is not None and not lm.model.stateful:  # attention models: within their window
+        context = min(context, model_context(lm.model))
         stride = min(stride, context) if stride else None
     score = perplexity(lm.model, lm.tokenizer, text, context, stride)
     lm.generate(prompt, max_new_tokens=2)  # warm-up

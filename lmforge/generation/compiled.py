@@ -49,17 +49,39 @@ _TRACED_SOURCES = (
 )
 
 
-def compile_decode(model) -> None:
+def compile_decode(model: GPT) -> None:
     """Run `model`'s single-token decode steps through a step compiled ahead of time (GPT models):
     about half the CPU time a step on small models, after a one-off compile of about a minute per
     input layout, kept on disk. Weights are re-read for every new KV cache; new weight shapes or
-    types (e.g. quantising later) compile anew."""
+    types (e.g. quantising later) compile anew.
+
+    The model itself knows nothing of it: this wraps the instance's `forward` (one new token per
+    row with a KV cache goes to the compiled step, everything else to the eager forward) and its
+    `new_cache` (cache lengths the compiled graphs are made for), and leaves the decoder at
+    `model.compiled_decoder`."""
     if not isinstance(model, GPT):
         raise ConfigError(
             f"compile=True compiles a GPT's decode step; {type(model).__name__} models run "
             "eagerly (drop compile=True / --compile)"
         )
-    model.compiled_decoder = CompiledDecoder(model)
+    decoder = CompiledDecoder(model)
+    eager_forward, eager_new_cache = model.forward, model.new_cache
+
+    def forward(input_ids, cache=None, positions=None, mask=None, last_only=False, trace=None):
+        one_cached_token = trace is None and cache is not None and input_ids.shape[1] == 1
+        if one_cached_token and decoder.accepts(cache):
+            start = cache.reserve(1, mask)
+            positions = model.positions_for(input_ids, start, positions)
+            return decoder(input_ids, positions, cache, start), cache
+        return eager_forward(input_ids, cache, positions, mask, last_only, trace)
+
+    def new_cache(batch_size: int, max_len: int | None = None) -> KVCache:
+        max_len = max_len or model.config.max_seq_len
+        if max_len <= model.config.max_seq_len:  # (longer: the eager method's clear error)
+            max_len = decoder.cache_length(max_len)
+        return eager_new_cache(batch_size, max_len)
+
+    model.forward, model.new_cache, model.compiled_decoder = forward, new_cache, decoder
 
 
 class _SlotCache:
@@ -148,15 +170,18 @@ class CompiledDecoder:
         self._state = state
         self._weights = list(state.values())
 
+    @staticmethod
+    def accepts(cache: KVCache) -> bool:
+        """Whether the next token's step can run compiled: not at the cache's first or last slot,
+        which would make the key count a constant of the graph."""
+        return 2 <= cache.length + 1 < cache.max_len and cache.max_len >= 4
+
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int
-    ) -> torch.Tensor | None:
-        """Logits (batch, 1, vocab) for one token per row written at slot `start`, or None
-        where the eager path must run (the cache's first or last slot, which would make the
-        key count a constant of the graph)."""
+    ) -> torch.Tensor:
+        """Logits (batch, 1, vocab) for one token per row written at slot `start` (a slot the
+        cache `accepts`)."""
         n_keys = start + 1
-        if not 2 <= n_keys < cache.max_len or cache.max_len < 4:
-            return None
         k0 = cache.k[0]
         layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), cache.has_padding)
         runner = self._runners.get(layout)

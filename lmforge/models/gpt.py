@@ -210,8 +210,6 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         if config.position == "rope":
             self.register_buffer("inv_freq", self.rope_frequencies(), persistent=False)
-        # A faster single-token step installed from outside the model (`lmforge.generation.compiled`)
-        self.compiled_decoder = None
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
@@ -240,8 +238,6 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"max_len={max_len} exceeds the model's context length {self.config.max_seq_len}"
             )
-        if self.compiled_decoder is not None:  # it picks the lengths it has graphs for
-            max_len = self.compiled_decoder.cache_length(max_len)
         c = self.config
         device = self.norm.weight.device
         return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim, self.dtype, device)
@@ -270,23 +266,10 @@ class GPT(nn.Module):
         """
         if trace is not None and (cache is not None or mask is not None):
             raise ConfigError("trace= works on whole unpadded sequences, without a cache")
-        batch, seq = input_ids.shape
+        seq = input_ids.shape[1]
         start = 0 if cache is None else cache.reserve(seq, mask)
-        if self.pos_embed is not None:  # learned positions stop at the context length
-            # (read from a tensor only when the caller gave one: a host sync, and a graph
-            # break under torch.compile)
-            last = start + seq - 1 if positions is None else int(positions.max())
-            if last >= self.config.max_seq_len:
-                raise ConfigError(
-                    f"position {last} is beyond the context length {self.config.max_seq_len}"
-                )
         consecutive = positions is None
-        if consecutive:
-            positions = torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
-        if self.compiled_decoder is not None and seq == 1 and cache is not None and trace is None:
-            logits = self.compiled_decoder(input_ids, positions, cache, start)
-            if logits is not None:
-                return logits, cache
+        positions = self.positions_for(input_ids, start, positions)
         x, rope = self.embed_tokens(input_ids, positions, start if consecutive else None)
         attn_mask = attention_mask(cache, start, seq, mask)
         for block in self.blocks:
@@ -296,6 +279,24 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.norm(x)), cache
+
+    def positions_for(
+        self, input_ids: torch.Tensor, start: int, positions: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The position ids of tokens written from slot `start`: `positions` as given (checked
+        against the context of learned positions), or consecutive from `start`."""
+        batch, seq = input_ids.shape
+        if self.pos_embed is not None:  # learned positions stop at the context length
+            # (read from a tensor only when the caller gave one: a host sync, and a graph
+            # break under torch.compile)
+            last = start + seq - 1 if positions is None else int(positions.max())
+            if last >= self.config.max_seq_len:
+                raise ConfigError(
+                    f"position {last} is beyond the context length {self.config.max_seq_len}"
+                )
+        if positions is not None:
+            return positions
+        return torch.arange(start, start + seq, device=input_ids.device).expand(batch, seq)
 
     def trace(self, input_ids: torch.Tensor) -> Trace:
         """One unpadded sequence through eager attention, keeping every layer's attention weights

@@ -113,31 +113,13 @@ class RNNLM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         between = config.dropout if config.n_layer > 1 else 0.0
-        if config.cell == "lstm":
-            self.rnn = nn.LSTM(
-                config.d_model,
-                config.hidden_size,
-                config.n_layer,
-                dropout=between,
-                batch_first=True,
-            )
-        elif config.cell == "gru":
-            self.rnn = nn.GRU(
-                config.d_model,
-                config.hidden_size,
-                config.n_layer,
-                dropout=between,
-                batch_first=True,
-            )
+        sizes = (config.d_model, config.hidden_size, config.n_layer)
+        if config.cell in ("lstm", "gru"):
+            layer = nn.LSTM if config.cell == "lstm" else nn.GRU
+            self.rnn = layer(*sizes, dropout=between, batch_first=True)
         else:
-            self.rnn = nn.RNN(
-                config.d_model,
-                config.hidden_size,
-                config.n_layer,
-                dropout=between,
-                nonlinearity=config.cell.removeprefix("rnn_"),
-                batch_first=True,
-            )
+            nonlinearity = config.cell.removeprefix("rnn_")
+            self.rnn = nn.RNN(*sizes, dropout=between, nonlinearity=nonlinearity, batch_first=True)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
