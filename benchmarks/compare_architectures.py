@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from lmforge.training import train
 from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 # about 0.8M parameters each

@@ -58,10 +58,10 @@ from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus
 from lmforge.evaluation.perplexity import score_chunks
 from lmforge.tokenizers.train import train_char_tokenizer
+from lmforge.training import train
 from lmforge.training.build import parameter_groups
 from lmforge.training.config import TrainConfig
 from lmforge.training.schedule import learning_rate
-from lmforge.training.trainer import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 

@@ -24,8 +24,8 @@ from lmforge.data.batches import Streams
 from lmforge.data.corpus import Corpus
 from lmforge.data.tokens import split_tokens, tokenize_corpus
 from lmforge.tokenizers.train import train_word_tokenizer
+from lmforge.training import train
 from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import train
 
 
 def main() -> None:

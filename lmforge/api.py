@@ -14,6 +14,7 @@ from lmforge.errors import ConfigError
 from lmforge.generation.compiled import compile_decode
 from lmforge.generation.config import GenerationConfig, hf_generation_keys
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
+from lmforge.generation.seq2seq import source_ids, stream_translations, translate_tokens
 
 _DTYPES = {
     "float32": torch.float32,
@@ -65,14 +66,70 @@ class LM:
         encoded = [self.encode(p) for p in items]
         return [ids for ids in encoded for _ in range(n)], single
 
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether the model translates a source (an encoder-decoder) rather than continues text."""
+        return bool(getattr(self.model, "encoder_decoder", False))
+
+    def translate(
+        self, texts: str | list[str], batch_size: int = 64, truncate: bool = False, **options
+    ) -> Completion | list[Completion] | list[list[Completion]]:
+        """Translate one text (a Completion; `.text` is the translation) or a list of texts (one
+        result per text, in order; a list of `num_return_sequences` per text when that is > 1).
+        Texts are translated `batch_size` at a time, longest first; an empty text gives an empty
+        translation; a text longer than the model reads is an error unless `truncate`.
+        Options are GenerationConfig's (num_beams, sampling, stop, max_new_tokens, ...)."""
+        if not self.encoder_decoder:
+            raise ConfigError(
+                f"{self.source} is a decoder-only language model; translate() needs an "
+                "encoder-decoder (train one with `lmforge train --arch seq2seq`); use generate()"
+            )
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in items):
+            raise ConfigError("texts must be a string or a list of strings")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r}; expected a positive integer")
+        config = self.config(**options)
+        n = config.num_return_sequences
+        results: list[list[Completion]] = [
+            [Completion([], "", [], "eos", 0) for _ in range(n)] for _ in items
+        ]
+        todo = [i for i, text in enumerate(items) if text.strip()]
+        sources = dict(
+            zip(
+                todo,
+                source_ids(self.model, self.tokenizer, [items[i] for i in todo], truncate),
+                strict=True,
+            )
+        )
+        todo.sort(key=lambda i: -len(sources[i]))  # similar lengths together: little padding
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            done = translate_tokens(self.model, self.tokenizer, [sources[i] for i in chunk], config)
+            for k, i in enumerate(chunk):
+                results[i] = done[k * n : (k + 1) * n]
+        if n == 1:
+            flat = [r[0] for r in results]
+            return flat[0] if single else flat
+        return results[0] if single else results
+
     def generate(
         self, prompts: str | list[str] | list[int], **options
     ) -> Completion | list[Completion]:
         """Generate for one prompt (returns a Completion, or a list when num_return_sequences > 1)
-        or a list of prompts (returns a list, num_return_sequences per prompt).
+        or a list of prompts (returns a list, num_return_sequences per prompt). For an
+        encoder-decoder the prompts are sources, and this is `translate`.
 
         Options are GenerationConfig's, plus `draft_model` (a smaller LM with the same tokenizer)
         for speculative greedy decoding; `prompt_lookup_num_tokens=N` speculates with no model."""
+        if self.encoder_decoder:
+            if not (isinstance(prompts, str) or all(isinstance(p, str) for p in prompts)):
+                raise ConfigError("an encoder-decoder's prompts are source texts (strings)")
+            result = self.translate(prompts, **options)
+            if isinstance(result, list) and result and isinstance(result[0], list):
+                return [c for group in result for c in group]
+            return result
         draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         repeat = 1 if config.num_beams > 1 else config.num_return_sequences
@@ -83,9 +140,16 @@ class LM:
         return results
 
     def stream(self, prompts: str | list[str] | list[int], **options) -> Iterator[StreamEvent]:
-        """Yield one event per generated token, with the text it adds (UTF-8 safe)."""
+        """Yield one event per generated token, with the text it adds (UTF-8 safe). For an
+        encoder-decoder the prompts are sources, and the events are their translations'."""
         draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
+        if self.encoder_decoder:
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            sources = source_ids(self.model, self.tokenizer, texts)
+            sources = [ids for ids in sources for _ in range(config.num_return_sequences)]
+            yield from stream_translations(self.model, self.tokenizer, sources, config)
+            return
         encoded, _ = self._batch(prompts, config.num_return_sequences)
         yield from stream_tokens(self.model, self.tokenizer, encoded, config, draft)
 
@@ -96,6 +160,11 @@ class LM:
 
     def chat(self, messages: list[dict[str, Any]], stream: bool = False, **options):
         """Reply to a conversation (list of {"role", "content"}) using the model's chat template."""
+        if self.encoder_decoder:
+            raise ConfigError(
+                f"{self.source} is an encoder-decoder (translation) model; it has no chat "
+                "template and cannot chat: use translate()"
+            )
         if not isinstance(messages, list) or not messages:
             raise ConfigError("messages must be a non-empty list of {'role': ..., 'content': ...}")
         ids = self.chat_prompt(messages)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lmforge
+from lmforge.training import train
 from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import train
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps on.\n" * 60
 

@@ -15,8 +15,8 @@ import torch
 
 import lmforge
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.training import Trainer, train
 from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import Trainer, train
 from tests.conftest import SHARED_DATA
 
 TINY = SHARED_DATA / "tinyshakespeare" / "input.txt"

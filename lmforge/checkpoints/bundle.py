@@ -3,7 +3,8 @@ loads: `config.json`, `model.safetensors`, `tokenizer.json` (+ its config) and
 `generation_config.json`.
 
 A GPT in the GPT-2 or Llama layout is written as a genuine Hugging Face checkpoint (their config
-keys and weight names), so `AutoModelForCausalLM.from_pretrained(bundle)` gives the same logits.
+keys and weight names), so `AutoModelForCausalLM.from_pretrained(bundle)` gives the same logits;
+a post-norm Transformer encoder-decoder is written as a Marian one (`MarianMTModel`).
 Other models (RNN, nn.Transformer LM, GPTs mixing the two families) keep our names and a
 `model_type` of "lmforge-...". Every file is written to a temporary name and renamed into place.
 """
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge.checkpoints import marian
 from lmforge.checkpoints.hf import hf_config, hf_family, hf_tensors, read_hf_weights
+from lmforge.checkpoints.marian import marian_config, marian_generation_config, marian_tensors
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.gpt import GPT
 from lmforge.models.presets import MODEL_TYPES, model_type
@@ -51,9 +54,18 @@ def save_bundle(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     family = hf_family(model.config) if isinstance(model, GPT) else None
+    tokenizer_extra: dict[str, Any] = {}
     if family is not None:
         config = hf_config(model.config, family, tokenizer)
         tensors = hf_tensors(model, family)
+    elif marian.can_write(model):
+        config = marian_config(model.config, tokenizer)
+        tensors = marian_tensors(model)
+        generation = {**marian_generation_config(model.config), **(generation or {})}
+        # transformers' fast tokenizer, not Marian's SentencePiece one; byte-level BPE never
+        # needs an unknown token, but CTranslate2 wants one named
+        eos = tokenizer.token(model.config.eos_id)
+        tokenizer_extra = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": eos}
     else:
         config = {"model_type": model_type(model), "lmforge_config": model.config.to_dict()}
         tensors = _plain_tensors(model)
@@ -65,6 +77,11 @@ def save_bundle(
         save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save(staging)
+        if tokenizer_extra:
+            path = staging / "tokenizer_config.json"
+            path.write_text(
+                json.dumps({**json.loads(path.read_text()), **tokenizer_extra}, indent=1)
+            )
         if generation:
             path = staging / "generation_config.json"
             merged = {**json.loads(path.read_text()), **generation}

@@ -26,6 +26,7 @@ from lmforge.checkpoints.hf import (
     read_hf_weights,
     rename_hf_tensors,
 )
+from lmforge.checkpoints.marian import model_from_marian
 from lmforge.checkpoints.resolve import resolve
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPT
@@ -157,6 +158,14 @@ def _load_hf_directory(
                 f"{directory}: quantize={quantize!r} applies to GPT models only; this is a "
                 f"{type(model).__name__}"
             )
+        tokenizer = Tokenizer.from_hf_directory(directory, generation)
+        return Checkpoint(model.to(dtype), tokenizer, directory, generation)
+    if hf_config.get("model_type") == "marian":
+        if quantize != "none":
+            raise CheckpointError(f"{directory}: quantize={quantize!r} applies to GPT models only")
+        model = model_from_marian(
+            hf_config, read_hf_weights(directory), str(directory / "config.json")
+        )
         tokenizer = Tokenizer.from_hf_directory(directory, generation)
         return Checkpoint(model.to(dtype), tokenizer, directory, generation)
     config = config_from_hf(hf_config, str(directory / "config.json"))

@@ -9,10 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli import bench, embed, evaluate, generate, models, serve, train
+from lmforge.cli import bench, embed, evaluate, generate, models, serve, train, translate
 from lmforge.errors import LMForgeError
 
-VERBS = (generate, models, serve, embed, train, evaluate, bench)  # in the order --help lists them
+VERBS = (
+    generate,
+    translate,
+    models,
+    serve,
+    embed,
+    train,
+    evaluate,
+    bench,
+)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

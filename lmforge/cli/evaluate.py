@@ -9,11 +9,30 @@ from pathlib import Path
 from lmforge.errors import ConfigError
 
 
+def _translation_scores(lm, args: argparse.Namespace) -> dict:
+    """BLEU, chrF and lowercased BLEU of the model's translations of --source against
+    --reference (greedy unless --num-beams)."""
+    from lmforge.data.parallel import read_parallel
+    from lmforge.evaluation.metrics import translation_scores
+
+    if args.reference is None:
+        raise ConfigError("--source needs --reference (the reference translations, line by line)")
+    pairs = read_parallel(args.source, args.reference)
+    results = lm.translate(pairs.sources, num_beams=args.num_beams, truncate=True)
+    scores = translation_scores([r.text.strip() for r in results], pairs.targets)
+    skipped = {"pairs_skipped_empty": pairs.skipped_empty} if pairs.skipped_empty else {}
+    return {"model": str(lm.source), "source": args.source, **scores.as_dict(), **skipped}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import lmforge
     from lmforge.evaluation.perplexity import score_corpus
 
+    if (args.data is None) == (args.source is None):
+        raise ConfigError("give --data (perplexity) or --source with --reference (BLEU)")
     lm = lmforge.load(args.model)
+    if args.source is not None:
+        return _print(_translation_scores(lm, args), args.json)
     score = score_corpus(
         lm.model,
         lm.tokenizer,
@@ -27,7 +46,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.stride,
     )
     result = {"model": str(lm.source), "data": args.data, "split": args.split, **score.to_dict()}
-    if args.json:
+    return _print(result, args.json)
+
+
+def _print(result: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(result, indent=2))
         return 0
     width = max(map(len, result))
@@ -104,12 +127,15 @@ def cmd_bias(args: argparse.Namespace) -> int:
 
 def add_parsers(verbs) -> None:
     ev = verbs.add_parser(
-        "eval", help="loss, perplexity (per token, per word), bits per byte and char"
+        "eval",
+        help="loss, perplexity (per token, per word), bits per byte and char; or BLEU and chrF "
+        "of a translation model",
     )
     ev.add_argument("--model", "-m", required=True)
-    ev.add_argument(
-        "--data", required=True, help="text file, directory, glob, .jsonl or 'shakespeare'"
-    )
+    ev.add_argument("--data", help="text file, directory, glob, .jsonl or 'shakespeare'")
+    ev.add_argument("--source", help="translation: sentences to translate, one a line")
+    ev.add_argument("--reference", help="translation: their reference translations")
+    ev.add_argument("--num-beams", type=int, default=1, help="translation: beam width")
     ev.add_argument("--field", default="text", help="JSONL field")
     ev.add_argument(
         "--split",

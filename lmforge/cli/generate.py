@@ -27,8 +27,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = lm.config(**options)
     options = with_draft(args, options)
     one_sequence = config.num_beams == 1 and config.num_return_sequences == 1
+    shown = "" if lm.encoder_decoder else prompt  # a translation does not continue its source
     if one_sequence and not args.json and not args.no_stream:
-        sys.stdout.write(prompt)
+        sys.stdout.write(shown)
         sys.stdout.flush()
         for event in lm.stream(prompt, **options):
             sys.stdout.write(event.text)
@@ -48,7 +49,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, r in enumerate(results):
         if len(results) > 1:
             print(f"--- {i + 1} ({r.finish_reason})")
-        print(prompt + r.text)
+        print(shown + r.text)
     return 0
 
 
@@ -57,6 +58,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     check_options(args, options)
     lm = load_model(args)
     options = with_draft(args, options)
+    if lm.encoder_decoder:
+        raise ConfigError(
+            f"{lm.source} is an encoder-decoder (translation) model and cannot chat; use "
+            "`lmforge translate`"
+        )
     if not lm.tokenizer.chat_template:
         raise ConfigError(f"{lm.source}: this model has no chat template; use `lmforge generate`")
     system = args.system

@@ -54,35 +54,40 @@ def _config(args: argparse.Namespace, **fixed):
     return TrainConfig.from_dict(values, "command line")
 
 
-def _report(result) -> None:
+def _report(result, config) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one process reports
         return
     last = result.evaluations[-1] if result.evaluations else {}
     parts = [f"step {result.step}"]
-    if "val_loss" in last:
+    if "val_bpc" in last:
         parts.append(
             f"val loss {last['val_loss']:.4f} (ppl {last['val_ppl']:.2f}, "
             f"{last['val_bpc']:.3f} bits/char, {last['val_bpb']:.3f} bits/byte)"
         )
+    elif "val_loss" in last:
+        parts.append(f"val loss {last['val_loss']:.4f} (ppl {last['val_ppl']:.2f})")
+    if "val_bleu" in last:
+        parts.append(f"val BLEU {last['val_bleu']:.2f}, chrF {last['val_chrf']:.2f}")
     if result.best_val_loss is not None:
         parts.append(f"best val loss {result.best_val_loss:.4f}")
     parts.append(f"{result.ms_per_step:.1f} ms/step")
     print("; ".join(parts))
-    print(f"run written to {result.out}; try: lmforge generate --model {result.out}")
+    verb = "translate" if config.arch.startswith("seq2seq") else "generate"
+    print(f"run written to {result.out}; try: lmforge {verb} --model {result.out}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lmforge.training.trainer import train
+    from lmforge.training import train
 
     fixed = dict(data=args.data, arch=args.arch, tokenizer=args.tokenizer)
     config = _config(args, **fixed)
     given = set(_settings(args, **fixed))  # a resumed run changes only what was asked for
-    _report(train(config, args.out, resume=args.resume, changes=given))
+    _report(train(config, args.out, resume=args.resume, changes=given), config)
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from lmforge.training.trainer import train
+    from lmforge.training import train
 
     fixed = dict(
         data=args.data,
@@ -108,17 +113,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if not hasattr(args, name):
             setattr(args, name, value)
     config = _config(args, **fixed)
-    _report(train(config, args.out, resume=args.resume, changes=given))
+    _report(train(config, args.out, resume=args.resume, changes=given), config)
     return 0
 
 
 def add_parsers(verbs) -> None:
     from lmforge.models.presets import ARCHITECTURES
 
-    train = verbs.add_parser("train", help="train a language model on your text")
-    train.add_argument("--arch", choices=ARCHITECTURES, help="[gpt]")
-    train.add_argument("--data", help="text file, directory, glob, .jsonl, or [shakespeare]")
-    train.add_argument("--tokenizer", help="[char], word, bpe, or a pretrained model's")
+    train = verbs.add_parser(
+        "train", help="train a language model on your text, or a translation model on pairs"
+    )
+    train.add_argument("--arch", choices=ARCHITECTURES, help="[gpt]; seq2seq* translate")
+    train.add_argument(
+        "--data",
+        "--source",
+        dest="data",
+        help="text file, directory, glob, .jsonl, or [shakespeare]; seq2seq: the source side "
+        "(with --target), or a .tsv/.jsonl of pairs",
+    )
+    train.add_argument(
+        "--tokenizer", help="[char] (seq2seq: [bpe]), word, bpe, or a pretrained model's"
+    )
     train.add_argument("--out", required=True, type=Path, help="run directory (runs/NAME)")
     train.add_argument("--config", help="YAML or JSON file of settings (flags win)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

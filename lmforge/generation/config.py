@@ -101,6 +101,12 @@ class GenerationConfig:
         cli="append",
         openai="stop",
     )
+    suppress_tokens: list[int] = option(
+        list,
+        "token ids never generated (transformers' suppress_tokens), e.g. an encoder-decoder's pad",
+        flag=None,
+        hf=True,
+    )
     eos_token_ids: list[int] | None = option(
         None, "end tokens (default: the tokenizer's)", flag=None
     )
@@ -237,6 +243,12 @@ class GenerationConfig:
             "an integer in [0, 20]",
         )
         check("truncate", self.truncate in (None, "left"), "None or 'left'")
+        check(
+            "suppress_tokens",
+            isinstance(self.suppress_tokens, list)
+            and all(isinstance(t, int) and t >= 0 for t in self.suppress_tokens),
+            "a list of token ids",
+        )
         for token, bias in self.logit_bias.items():
             if (
                 not isinstance(token, int)

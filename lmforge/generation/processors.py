@@ -41,6 +41,18 @@ class LogitBias:
         return scores
 
 
+class SuppressTokens:
+    """Tokens that are never generated: their scores become -inf (transformers' suppress_tokens)."""
+
+    def __init__(self, tokens: list[int], vocab_size: int):
+        if any(not 0 <= t < vocab_size for t in tokens):
+            raise ConfigError(f"suppress_tokens has a token id outside [0, {vocab_size})")
+        self.ids = torch.tensor(tokens, dtype=torch.long, device="cpu")
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        return scores.index_fill(-1, self.ids.to(scores.device), -float("inf"))
+
+
 class RepetitionPenalty:
     """transformers' repetition penalty: for every token already present (prompt included),
     divide a positive score by `penalty`, multiply a negative one."""
@@ -163,6 +175,8 @@ def build_processors(config: GenerationConfig, vocab_size: int) -> list:
     steps: list = []
     if config.logit_bias:
         steps.append(LogitBias(config.logit_bias, vocab_size))
+    if config.suppress_tokens:
+        steps.append(SuppressTokens(config.suppress_tokens, vocab_size))
     if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
         steps.append(RepetitionPenalty(config.repetition_penalty))
     if config.frequency_penalty or config.presence_penalty:

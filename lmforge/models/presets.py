@@ -13,9 +13,10 @@ from torch import nn
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.rnn import RNNLM, RNNConfig
+from lmforge.models.seq2seq import Seq2SeqConfig, Seq2SeqGRU, Seq2SeqTransformer
 from lmforge.models.transformer import TransformerConfig, TransformerLM
 
-ARCHITECTURES = ("rnn", "lstm", "gru", "transformer", "gpt")
+ARCHITECTURES = ("rnn", "lstm", "gru", "transformer", "gpt", "seq2seq", "seq2seq-gru")
 # name -> (n_layer, n_head, n_embd). "micro" is nanoGPT's CPU setting, "small" its Shakespeare one.
 GPT_PRESETS = {
     "nano": (3, 3, 48),
@@ -78,10 +79,28 @@ def model_config(
     tie_embeddings: bool | None = None,
     bias: bool | None = None,
     nonlinearity: str = "tanh",
+    special_ids: dict[str, int] | None = None,
 ):
-    """The config dataclass of `arch` with these hyper-parameters (validated)."""
+    """The config dataclass of `arch` with these hyper-parameters (validated). Encoder-decoders
+    take the tokenizer's `special_ids` (pad_id, start_id, eos_id)."""
     given = lambda value, default: default if value is None else value  # noqa: E731
     tie = given(tie_embeddings, True)
+    if arch in ("seq2seq", "seq2seq-gru"):
+        # seq2seq: bentrevett's Transformer (3 + 3 layers, d 256, 8 heads, FFN 512);
+        # seq2seq-gru: his attention GRU (embeddings 256, GRUs of 512, dropout 0.5).
+        transformer = arch == "seq2seq"
+        return Seq2SeqConfig(
+            vocab_size=vocab_size,
+            kind="transformer" if transformer else "gru",
+            d_model=given(n_embd, 256),
+            n_head=given(n_head, 8),
+            n_layer=given(n_layer, 3),
+            d_ff=given(d_ff, 512),
+            hidden_size=given(hidden_size, 512),
+            dropout=given(dropout, 0.1 if transformer else 0.5),
+            max_seq_len=block_size,
+            **(special_ids or {}),
+        )
     if arch in ("rnn", "lstm", "gru"):
         cell = {"rnn": f"rnn_{nonlinearity}", "lstm": "lstm", "gru": "gru"}[arch]
         size = given(n_embd, 200)
@@ -131,6 +150,8 @@ MODEL_TYPES = {
     "lmforge-rnn": (RNNConfig, RNNLM),
     "lmforge-transformer": (TransformerConfig, TransformerLM),
     "lmforge-gpt": (GPTConfig, GPT),
+    "lmforge-seq2seq-transformer": (Seq2SeqConfig, Seq2SeqTransformer),
+    "lmforge-seq2seq-gru": (Seq2SeqConfig, Seq2SeqGRU),
 }
 
 
@@ -144,6 +165,8 @@ def model_from_config(config) -> nn.Module:
         return RNNLM(config)
     if isinstance(config, TransformerConfig):
         return TransformerLM(config)
+    if isinstance(config, Seq2SeqConfig):
+        return Seq2SeqTransformer(config) if config.kind == "transformer" else Seq2SeqGRU(config)
     raise ConfigError(f"no model for config type {type(config).__name__}")
 
 

@@ -8,6 +8,9 @@ What differs between models is declared, never guessed from their type: whether 
 state from one chunk of text to the next (`stateful`), what `trace` can show of its inner workings
 (`trace_views`), and whether its cache has slots that fill up (`bounded`) and can forget its newest
 tokens (`rewindable`). `tests/test_protocol.py` runs every model type through all of it.
+
+An encoder-decoder adds one step in front: `model.decoder(model.encode(source, mask))` is a
+language model of the target bound to those sources (`EncoderDecoder`).
 """
 
 from __future__ import annotations
@@ -73,3 +76,25 @@ class LanguageModel(Protocol):
 
     @property
     def dtype(self) -> torch.dtype: ...
+
+
+@runtime_checkable
+class EncoderDecoder(Protocol):
+    """A translation model: it reads a source once, then its decoder, bound to that source, is a
+    `LanguageModel` the engine drives (its cache carries the source's memory, so beam search
+    reorders it with the rest). Trained on whole targets at once."""
+
+    config: Any  # with `pad_id`, `start_id` (the decoder's first input), `eos_id`, `max_seq_len`
+    encoder_decoder: bool  # True: what the API checks before translating or chatting
+
+    def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> Any: ...
+
+    def decoder(self, memory: Any) -> LanguageModel: ...
+
+    def __call__(
+        self,
+        source: torch.Tensor,
+        source_mask: torch.Tensor,
+        target_in: torch.Tensor,
+        target_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...

@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP API over one lmforge model, and the playground page.
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (JSON or
-server-sent events with `stream: true`), GET / (the playground), GET /v1/lmforge/info.
+server-sent events with `stream: true`), GET / (the playground), GET /v1/lmforge/info. A
+translation model (encoder-decoder) translates the prompt of /v1/completions.
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the status an
 OpenAI client expects, and never take the server down.
 """
@@ -14,6 +15,7 @@ from lmforge.serve.batcher import Batcher
 from lmforge.serve.openai import OpenAIService
 from lmforge.serve.routes import chat, completions, models
 from lmforge.serve.schemas import APIError, Settings
+from lmforge.serve.translations import TranslationWorker
 
 __all__ = ["Settings", "create_app"]
 
@@ -24,9 +26,12 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
     The model runs in a worker thread, or, with `background_worker=False`, wherever the caller
     runs `app.state.batcher.work_forever()` (`lmforge serve` uses its main thread)."""
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
-    batcher = Batcher(
-        lm, settings.max_batch, settings.max_queue, settings.cache_len, background_worker
-    )
+    if lm.encoder_decoder:  # a translation model: /v1/completions translates its prompt
+        batcher = TranslationWorker(lm, settings.max_batch, settings.max_queue, background_worker)
+    else:
+        batcher = Batcher(
+            lm, settings.max_batch, settings.max_queue, settings.cache_len, background_worker
+        )
     app.state.batcher = batcher
     service = OpenAIService(lm, settings, batcher)
     for module in (models, completions, chat):

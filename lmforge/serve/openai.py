@@ -142,8 +142,20 @@ class OpenAIService:
         return options
 
     def check_length(self, prompts: list[list[int]], max_tokens: int | None, param: str) -> int:
-        """`max_tokens`, defaulted and checked against the server's limit and the context."""
+        """`max_tokens`, defaulted and checked against the server's limit and the context (for
+        a translation model, the source and the translation each have the model's length)."""
         longest, limit = max(len(p) for p in prompts), self.settings.max_tokens
+        if self.lm.encoder_decoder:
+            if longest + 1 > self.context:  # the source ends in EOS
+                raise APIError(
+                    400,
+                    f"the source has {longest} tokens; this model reads at most "
+                    f"{self.context - 1} (and EOS)",
+                    param=param,
+                    code="context_length_exceeded",
+                )
+            longest = 1  # the target starts from one token
+
         if max_tokens is None:
             max_tokens = min(limit, self.context - longest)
         if max_tokens < 0:

@@ -1,6 +1,30 @@
-"""Training: one trainer for every lmforge model (from scratch, fine-tuning, LoRA, torchrun)."""
+"""Training: one trainer for every lmforge model (from scratch, fine-tuning, LoRA, translation,
+torchrun)."""
 
-from lmforge.training.config import TrainConfig
-from lmforge.training.trainer import TrainResult, train
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lmforge.training.config import SEQ2SEQ_ARCHS, TrainConfig
+from lmforge.training.trainer import Trainer, TrainResult
+from lmforge.training.translation import TranslationTrainer
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    changes: Iterable[str] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; see `TrainConfig` for the settings. `on_step(step, loss)` is
+    called after every optimizer step (after any evaluation and checkpoint of that step).
+
+    A resumed run continues with the settings it was started with; `changes` names the settings
+    of `config` to apply over them (None: every one that differs; the CLI passes the flags given)."""
+    trainer = TranslationTrainer if config.arch in SEQ2SEQ_ARCHS else Trainer
+    return trainer(config, out, resume, on_step, changes).run()
+
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TranslationTrainer", "train"]

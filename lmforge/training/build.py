@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, processors
 from torch import nn
 
 from lmforge.checkpoints import load_checkpoint
@@ -17,7 +18,9 @@ from lmforge.models.lora import apply_lora
 from lmforge.models.presets import build_model as build_architecture
 from lmforge.tokenizers import Tokenizer
 from lmforge.tokenizers.train import KINDS, train_tokenizer
-from lmforge.training.config import TrainConfig
+from lmforge.training.config import SEQ2SEQ_ARCHS, TrainConfig
+
+PAD = "<pad>"
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -69,6 +72,21 @@ def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
     return load_checkpoint(config.tokenizer).tokenizer
 
 
+def build_translation_tokenizer(config: TrainConfig, sources: list[str], targets: list[str]):
+    """One byte-level BPE vocabulary learnt from both sides (shared embeddings need it).
+    `<|endoftext|>` ends every sentence; `<pad>`, the last id as in Marian's vocabularies, pads
+    batches and starts the decoder (from its all-zero embedding, as Marian does)."""
+    tokenizer = train_tokenizer("bpe", [*sources, *targets], vocab_size=config.vocab_size - 1)
+    tokenizer.backend.add_special_tokens([AddedToken(PAD, special=True, normalized=False)])
+    tokenizer.pad_id = tokenizer.backend.token_to_id(PAD)
+    # Hugging Face tokenizers loading the bundle end each source with EOS, as lmforge does
+    eos = tokenizer.token(tokenizer.eos_ids[0])
+    tokenizer.backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_ids[0])]
+    )
+    return tokenizer
+
+
 def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
     """A new model of `config.arch`, or the pretrained `init_from` (with LoRA adapters if asked)."""
     torch.manual_seed(config.seed)  # initial weights (and LoRA's A) are part of the run
@@ -93,10 +111,17 @@ def build_model(config: TrainConfig, tokenizer: Tokenizer) -> nn.Module:
         tie_embeddings=config.tie_embeddings,
         bias=config.bias,
         nonlinearity=config.nonlinearity,
+        special_ids=_special_ids(tokenizer) if config.arch in SEQ2SEQ_ARCHS else None,
     )
     if config.embeddings:
         _load_embeddings(model, tokenizer, config)
     return model
+
+
+def _special_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    if not tokenizer.eos_ids:
+        raise ConfigError("a translation model needs a tokenizer with an EOS token")
+    return dict(pad_id=tokenizer.pad_id, start_id=tokenizer.pad_id, eos_id=tokenizer.eos_ids[0])
 
 
 def _load_embeddings(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig) -> None:

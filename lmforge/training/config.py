@@ -11,11 +11,18 @@ from typing import Any
 from lmforge.errors import ConfigError
 from lmforge.paths import read_json
 
+SEQ2SEQ_ARCHS = ("seq2seq", "seq2seq-gru")
+
 # What a run is: its data, tokenizer and model. A resumed run may change anything else.
 RUN_DEFINING = frozenset(
     [
         "data",
         "jsonl_field",
+        "target",
+        "pair_fields",
+        "val_data",
+        "val_target",
+        "truncate",
         "tokenizer",
         "vocab_size",
         "byte_fallback",
@@ -56,7 +63,8 @@ class TrainConfig:
     # what to train on
     data: str = "shakespeare"
     jsonl_field: str = "text"  # the JSONL field holding the text
-    tokenizer: str = "char"  # char | word | bpe | a pretrained model name or path
+    # char | word | bpe | a pretrained model name or path (None: char, or bpe for translation)
+    tokenizer: str | None = None
     vocab_size: int = 8192  # bpe
     byte_fallback: bool = True  # char: unseen characters become UTF-8 byte tokens, not <unk>
     lowercase: bool = False  # word
@@ -64,6 +72,14 @@ class TrainConfig:
     max_vocab: int | None = None  # word
     val_fraction: float = 0.05
     test_fraction: float = 0.05
+    # translation (arch seq2seq / seq2seq-gru): `data` holds the source side
+    target: str | None = None  # the target side, line-aligned with `data` (or a .tsv/.jsonl data)
+    pair_fields: list[str] = field(default_factory=lambda: ["source", "target"])  # JSONL keys
+    val_data: str | None = None  # held-out pairs (default: val_fraction of the training pairs)
+    val_target: str | None = None
+    batch_tokens: int = 4096  # source + target tokens in a batch, padding included
+    truncate: bool = False  # cut pairs longer than block_size instead of leaving them out
+    eval_bleu: int = 500  # validation sentences translated for BLEU at each evaluation (0: none)
     # the model (None: the architecture's default; see lmforge.models.presets)
     arch: str = "gpt"
     preset: str | None = None
@@ -77,13 +93,16 @@ class TrainConfig:
     tie_embeddings: bool | None = None
     bias: bool | None = None  # gpt: biases in linear and LayerNorm layers (None: family default)
     nonlinearity: str = "tanh"  # rnn: tanh or relu
-    block_size: int = 64  # context of a training window; bptt for recurrent models
+    # context of a training window (bptt for recurrent models); translation: the longest
+    # sentence in tokens, EOS included (None: 64, or 128 for translation)
+    block_size: int | None = None
     embeddings: str | None = None  # word vectors (word2vec/GloVe file) for the input embedding
     freeze_embeddings: bool = False
     # optimisation
     batch_size: int = 12  # global: split across processes
     grad_accum: int = 1
     steps: int = 2000
+    epochs: int | None = None  # translation: train this many passes over the pairs (sets steps)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -93,6 +112,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 turns clipping off
+    label_smoothing: float | None = None  # None: 0.1 for translation, 0 for language models
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state
@@ -111,8 +131,14 @@ class TrainConfig:
     merge_lora: bool = False
 
     def __post_init__(self) -> None:
+        translation = self.arch in SEQ2SEQ_ARCHS
+        if self.block_size is None:
+            self.block_size = 128 if translation else 64
+        if self.tokenizer is None:
+            self.tokenizer = "bpe" if translation else "char"
         positive = [
             "block_size",
+            "batch_tokens",
             "batch_size",
             "grad_accum",
             "steps",
@@ -132,6 +158,7 @@ class TrainConfig:
                 "eval_tokens",
                 "patience",
                 "max_vocab",
+                "epochs",
             )
             if getattr(self, n) is not None
         ]
@@ -167,14 +194,42 @@ class TrainConfig:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         choices = {
             "optimizer": ("adamw", "sgd"),
-            "schedule": ("cosine", "linear", "constant", "plateau"),
+            "schedule": ("cosine", "linear", "constant", "plateau", "inverse_sqrt"),
             "precision": ("fp32", "bf16"),
-            "arch": ("rnn", "lstm", "gru", "transformer", "gpt"),
+            "arch": ("rnn", "lstm", "gru", "transformer", "gpt", *SEQ2SEQ_ARCHS),
             "nonlinearity": ("tanh", "relu"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}; expected 0 <= value < 1")
+        if self.eval_bleu < 0:
+            raise ConfigError(f"eval_bleu={self.eval_bleu}; expected >= 0 (0: no BLEU)")
+        if len(self.pair_fields) != 2:
+            raise ConfigError(f"pair_fields={self.pair_fields}; expected a source and a target key")
+        if (self.val_data is None) != (self.val_target is None) and self.target is not None:
+            raise ConfigError(
+                "val_data and val_target go together (the held-out source and target)"
+            )
+        if self.epochs is not None and not translation:
+            raise ConfigError("epochs is for translation runs; a language model trains for steps")
+        if translation:
+            if self.init_from or self.lora_rank or self.embeddings:
+                raise ConfigError(
+                    f"arch={self.arch!r} trains a translation model from scratch; init_from, LoRA "
+                    "and word embeddings are for language models"
+                )
+            if self.tokenizer != "bpe":
+                raise ConfigError(
+                    f"tokenizer={self.tokenizer!r}: a translation model trains a joint BPE "
+                    "tokenizer on both sides (tokenizer='bpe', the default for it)"
+                )
+        elif self.target is not None:
+            raise ConfigError(
+                f"target={self.target!r} is for translation; pass arch='seq2seq' or "
+                "'seq2seq-gru' (--arch), or drop the target"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

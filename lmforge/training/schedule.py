@@ -1,6 +1,7 @@
 """Learning-rate schedules: linear warmup, then cosine or linear decay to `min_lr`, constant, or
 "plateau" (constant, divided by 4 whenever an evaluation does not improve, as PyTorch's
-word_language_model anneals SGD)."""
+word_language_model anneals SGD), or "inverse_sqrt" (the Transformer paper's and fairseq's:
+lr * sqrt(warmup / step) after the warmup, never below `min_lr`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / (config.warmup + 1)
     if config.schedule in ("constant", "plateau"):
         return config.lr
+    if config.schedule == "inverse_sqrt":
+        return max(config.min_lr, config.lr * math.sqrt(max(1, config.warmup) / max(1, step)))
     span = max(1, config.steps - config.warmup)
     progress = min(1.0, (step - config.warmup) / span)
     if config.schedule == "cosine":

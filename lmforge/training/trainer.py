@@ -120,30 +120,37 @@ class Trainer:
                     f"resuming {self.out} at step {step} with " + ", ".join(said), file=sys.stderr
                 )
         self.config = config
-        self.corpus = Corpus(config.data, config.jsonl_field)
-        self.tokenizer = self._tokenizer()
-        tokens = tokenize_corpus(self.corpus, self.tokenizer)
-        self.splits = split_tokens(tokens, config.val_fraction, config.test_fraction)
-        self.model = build_model(config, self.tokenizer).to(self.dist.device)
+        self._prepare_data()
         self.model.train()
-        self.stateful = self.model.stateful
-        batches_cls = Streams if self.stateful else RandomWindows
-        args = (self.splits.train, config.block_size, config.batch_size)
-        self.batches = batches_cls(*args) if self.stateful else batches_cls(*args, config.seed)
         if config.fsdp:
             self._shard(self.model)
         self.optimizer = make_optimizer(self.model, config)
         self.lr_scale = 1.0  # the "plateau" schedule divides it by 4 when validation stalls
         self.scheduler = make_scheduler(self.optimizer, config, lambda: self.lr_scale)
         self.step, self.train_losses, self.evaluations = 0, [], []
-        self.best_val, self.bad_evals, self.hidden = None, 0, None
+        self.best_val, self.best_score, self.bad_evals, self.hidden = None, None, 0, None
         if self.state is not None:
             self._restore(self.state)
         self.runner = self._wrap(self.model)
 
     # --- set-up --------------------------------------------------------------------------------
 
-    def _tokenizer(self) -> Tokenizer:
+    def _prepare_data(self) -> None:
+        """The task's part of the set-up: text, tokenizer, model and batches (a language model
+        here: a corpus read in windows or, for recurrent models, in parallel streams)."""
+        config = self.config
+        self.corpus = Corpus(config.data, config.jsonl_field)
+        self.tokenizer = self._tokenizer(lambda: build_tokenizer(config, self.corpus))
+        tokens = tokenize_corpus(self.corpus, self.tokenizer)
+        self.splits = split_tokens(tokens, config.val_fraction, config.test_fraction)
+        self.model = build_model(config, self.tokenizer).to(self.dist.device)
+        self.stateful = self.model.stateful
+        batches_cls = Streams if self.stateful else RandomWindows
+        args = (self.splits.train, config.block_size, config.batch_size)
+        self.batches = batches_cls(*args) if self.stateful else batches_cls(*args, config.seed)
+
+    def _tokenizer(self, build: Callable[[], Tokenizer]) -> Tokenizer:
+        """The resumed run's tokenizer (checked against its checkpoint), or a new one saved."""
         if self.state is not None:
             tokenizer = Tokenizer.from_hf_directory(self.out)
             if tokenizer_digest(tokenizer) != self.state["tokenizer_digest"]:
@@ -152,7 +159,7 @@ class Trainer:
                     "being resumed (it was changed or replaced); restore it or start a new run"
                 )
             return tokenizer
-        tokenizer = build_tokenizer(self.config, self.corpus)
+        tokenizer = build()
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             tokenizer.save(self.out)
@@ -215,6 +222,8 @@ class Trainer:
         self.train_losses = list(state["train_losses"])
         self.evaluations = list(state["evaluations"])
         self.best_val, self.bad_evals = state["best_val"], state["bad_evals"]
+        best_val = self.best_val
+        self.best_score = state.get("best_score", None if best_val is None else -best_val)
         self.lr_scale = state["lr_scale"]
         hidden = state.get("hidden")
         if hidden is not None:
@@ -232,8 +241,7 @@ class Trainer:
         config = self.config
         keep_freed_memory()  # each step's activations reuse the last step's pages
         reporters = self._reporters()
-        tokens_per_step = config.batch_size * config.block_size * config.grad_accum
-        stopped_early, train_seconds, first_step = False, 0.0, self.step
+        stopped_early, train_seconds, first_tokens = False, 0.0, self._tokens_seen()
         step_seconds: list[float] = []
         try:
             while self.step < config.steps:
@@ -243,7 +251,7 @@ class Trainer:
                 self.step += 1
                 step_seconds.append(time.perf_counter() - started)
                 train_seconds += step_seconds[-1]
-                speed = tokens_per_step * (self.step - first_step) / max(train_seconds, 1e-9)
+                speed = (self._tokens_seen() - first_tokens) / max(train_seconds, 1e-9)
                 if self.step % config.log_interval == 0 or self.step == config.steps:
                     lr = self.scheduler.get_last_lr()[0]
                     for reporter in reporters:
@@ -290,8 +298,6 @@ class Trainer:
         config, dist = self.config, self.dist
         total = 0.0
         for micro in range(config.grad_accum):
-            x, y, new_epoch = self.batches.next()
-            x, y = dist.shard(x).to(dist.device), dist.shard(y).to(dist.device)
             sync = micro == config.grad_accum - 1 or not dist.active
             context = contextlib.nullcontext()
             if config.fsdp:
@@ -299,14 +305,7 @@ class Trainer:
             elif not sync:
                 context = self.runner.no_sync()
             with context, _autocast(config.precision, dist.device):
-                if self.stateful:
-                    if new_epoch or self.hidden is None:
-                        self.hidden = self.model.new_cache(x.shape[0])
-                    logits, self.hidden = self.runner(x, self.hidden)
-                    self.hidden.detach()
-                else:
-                    logits, _ = self.runner(x)
-                loss = causal_lm_loss(logits, y)
+                loss = self._batch_loss()
                 (loss / config.grad_accum).backward()
             total += loss.item() / config.grad_accum
         if config.grad_clip > 0:
@@ -316,36 +315,65 @@ class Trainer:
         self.scheduler.step()
         return dist.mean(total)
 
+    def _batch_loss(self) -> torch.Tensor:
+        """The loss of the next (micro-)batch: next-token cross-entropy over a window, recurrent
+        models carrying their state from the previous chunk."""
+        x, y, new_epoch = self.batches.next()
+        x, y = self.dist.shard(x).to(self.dist.device), self.dist.shard(y).to(self.dist.device)
+        if self.stateful:
+            if new_epoch or self.hidden is None:
+                self.hidden = self.model.new_cache(x.shape[0])
+            logits, self.hidden = self.runner(x, self.hidden)
+            self.hidden.detach()
+        else:
+            logits, _ = self.runner(x)
+        return causal_lm_loss(logits, y, self.config.label_smoothing or 0.0)
+
+    def _validate(self) -> tuple[dict[str, Any], float | None]:
+        """Validation figures for the record, and the score the best model is kept by (higher
+        is better; None: no validation data): here minus the validation loss."""
+        if len(self.splits.val) <= 1:
+            return {}, None
+        with _autocast(self.config.precision, self.dist.device):
+            score = score_chunks(
+                self.model,
+                self.splits.val,
+                self.tokenizer,
+                self.config.block_size,
+                max_tokens=self.config.eval_tokens,
+            )
+        figures = dict(
+            val_loss=score.loss,
+            val_ppl=score.perplexity,
+            val_bpc=score.bits_per_character,
+            val_bpb=score.bits_per_byte,
+        )
+        return figures, -score.loss
+
+    def _tokens_seen(self) -> int:
+        """Training tokens so far (the record's `tokens`)."""
+        c = self.config
+        return self.step * c.batch_size * c.block_size * c.grad_accum
+
     def _evaluate_and_save(self, speed: float, reporters: list[Reporter]) -> bool:
         """Score the validation split, keep the best model, checkpoint; True to stop early."""
         config = self.config
         record: dict[str, Any] = {
             "step": self.step,
-            "tokens": self.step * config.batch_size * config.block_size * config.grad_accum,
+            "tokens": self._tokens_seen(),
             "train_loss": sum(self.train_losses[-config.log_interval :])
             / len(self.train_losses[-config.log_interval :]),
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s": speed,
         }
         improved = True
-        if len(self.splits.val) > 1:
-            with _autocast(config.precision, self.dist.device):
-                score = score_chunks(
-                    self.model,
-                    self.splits.val,
-                    self.tokenizer,
-                    config.block_size,
-                    max_tokens=config.eval_tokens,
-                )
-            record.update(
-                val_loss=score.loss,
-                val_ppl=score.perplexity,
-                val_bpc=score.bits_per_character,
-                val_bpb=score.bits_per_byte,
-            )
-            improved = self.best_val is None or score.loss < self.best_val
+        figures, score = self._validate()
+        record.update(figures)
+        if score is not None:
+            improved = self.best_score is None or score > self.best_score
             if improved:
-                self.best_val, self.bad_evals = score.loss, 0
+                self.best_score, self.bad_evals = score, 0
+                self.best_val = figures.get("val_loss")
             else:
                 self.bad_evals += 1
                 if config.schedule == "plateau":
@@ -452,21 +480,7 @@ class Trainer:
             "train_losses": self.train_losses,
             "evaluations": self.evaluations,
             "best_val": self.best_val,
+            "best_score": self.best_score,
             "bad_evals": self.bad_evals,
             "lr_scale": self.lr_scale,
         }
-
-
-def train(
-    config: TrainConfig,
-    out: str | Path,
-    resume: bool = False,
-    on_step: Callable[[int, float], None] | None = None,
-    changes: Iterable[str] | None = None,
-) -> TrainResult:
-    """Train (or resume) a run; see `TrainConfig` for the settings. `on_step(step, loss)` is
-    called after every optimizer step (after any evaluation and checkpoint of that step).
-
-    A resumed run continues with the settings it was started with; `changes` names the settings
-    of `config` to apply over them (None: every one that differs; the CLI passes the flags given)."""
-    return Trainer(config, out, resume, on_step, changes).run()

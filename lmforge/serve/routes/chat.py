@@ -18,6 +18,14 @@ def router(service: OpenAIService) -> APIRouter:
     @routes.post("/v1/chat/completions")
     async def chat(request: Request):
         req = await service.parse(request, ChatRequest)
+        if lm.encoder_decoder:
+            raise APIError(
+                400,
+                "this is a translation model and cannot chat; POST the text to translate to "
+                "/v1/completions",
+                param="messages",
+                code="not_a_chat_model",
+            )
         if not lm.tokenizer.chat_template:
             raise APIError(
                 400,
