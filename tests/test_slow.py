@@ -27,8 +27,8 @@ def test_a_small_gpt_learns_shakespeare(tmp_path, family):
     assert losses[-1] < 2.3, losses
     lm = lmforge.load(tmp_path / family)
     text = lm.generate(
-        "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40, seed=0, ignore_eos=True
-    ).text
+        "ROMEO:", max_new_tokens=200, temperature=0.8, top_k=40, seed=0, truncate="left"
+    ).text  # past the 64-token context: the cache is rebuilt from the newest half
     words = text.split()
     assert len(words) > 20 and sum(w.isalpha() for w in words) > len(words) / 2, text
 
