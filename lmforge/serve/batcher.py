@@ -93,33 +93,14 @@ class Row:
     generated: int = 0
 
 
-class Batcher:
-    """Runs jobs on `lm` in one worker thread, up to `max_batch` rows at a time."""
+class JobQueue:
+    """The requests waiting for a model's worker thread, and the way to stop that worker."""
 
-    def __init__(
-        self,
-        lm,
-        max_batch: int = 8,
-        max_queue: int = 64,
-        cache_len: int = 2048,
-        background: bool = True,
-    ):
-        self.lm, self.model = lm, lm.model
-        self.max_batch, self.max_queue = max_batch, max_queue
-        self.store = row_store(self.model, max_batch, cache_len)
-        self.rows: list[Row | None] = [None] * max_batch
-        self.outbox = Outbox()
+    def __init__(self, max_queue: int):
+        self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
-        self.steps = 0  # decode steps run, and the rows they served: how much batching happened
-        self.row_steps = 0
         self.condition = threading.Condition()
         self.stopped = False
-        if background:
-            threading.Thread(target=self.work_forever, name="lmforge-batcher", daemon=True).start()
-
-    @property
-    def cache_len(self) -> int:
-        return self.store.capacity
 
     def submit(self, job: Job) -> None:
         with self.condition:
@@ -133,6 +114,32 @@ class Batcher:
         with self.condition:
             self.stopped = True
             self.condition.notify()
+
+
+class Batcher(JobQueue):
+    """Runs jobs on `lm` in one worker thread, up to `max_batch` rows at a time."""
+
+    def __init__(
+        self,
+        lm,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        cache_len: int = 2048,
+        background: bool = True,
+    ):
+        super().__init__(max_queue)
+        self.lm, self.model, self.max_batch = lm, lm.model, max_batch
+        self.store = row_store(self.model, max_batch, cache_len)
+        self.rows: list[Row | None] = [None] * max_batch
+        self.outbox = Outbox()
+        self.steps = 0  # decode steps run, and the rows they served: how much batching happened
+        self.row_steps = 0
+        if background:
+            threading.Thread(target=self.work_forever, name="lmforge-batcher", daemon=True).start()
+
+    @property
+    def cache_len(self) -> int:
+        return self.store.capacity
 
     def load(self) -> dict[str, int]:
         return {

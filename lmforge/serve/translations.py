@@ -8,7 +8,6 @@ into one running batch (each request's choices are batched; requests queue).
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 
@@ -16,37 +15,22 @@ import torch
 
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.seq2seq import stream_translations
-from lmforge.serve.batcher import DONE, Job, QueueFull
+from lmforge.serve.batcher import DONE, Job, JobQueue
 
 
-class TranslationWorker:
+class TranslationWorker(JobQueue):
     """Runs translation jobs on `lm` in one worker thread, a job at a time."""
 
     def __init__(self, lm, max_batch: int = 8, max_queue: int = 64, background: bool = True):
-        self.lm, self.model = lm, lm.model
-        self.max_batch, self.max_queue = max_batch, max_queue
+        super().__init__(max_queue)
+        self.lm, self.model, self.max_batch = lm, lm.model, max_batch
         self.cache_len = lm.model.config.max_seq_len  # the longest source, and target
-        self.waiting: collections.deque[Job] = collections.deque()
         self.running = 0
         self.steps = self.row_steps = 0
-        self.condition = threading.Condition()
-        self.stopped = False
         if background:
             threading.Thread(
                 target=self.work_forever, name="lmforge-translate", daemon=True
             ).start()
-
-    def submit(self, job: Job) -> None:
-        with self.condition:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
-            self.waiting.append(job)
-            self.condition.notify()
-
-    def stop(self) -> None:
-        with self.condition:
-            self.stopped = True
-            self.condition.notify()
 
     def load(self) -> dict[str, int]:
         return {
