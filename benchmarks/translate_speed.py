@@ -6,6 +6,7 @@ token ids and the same length limit. Peers take turns, `--rounds` times; the fig
 round's sentences per second, with BLEU (sacreBLEU) of each peer's output, so speed is compared at
 equal quality.
 
+    pip install -e ".[bench]"   # CTranslate2
     python benchmarks/translate_speed.py --model runs/de-en [--rounds 3] [--limit 1000]
 """
 
