@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import CheckpointError, LMForgeError
+from lmforge.errors import CheckpointError, ConfigError, LMForgeError
 
 
 def cache_root() -> Path | None:
@@ -62,6 +62,18 @@ def read_json(path: Path, error: type[LMForgeError] = CheckpointError) -> Any:
 
 # `write_atomically`'s `.NAME.tmp-PID`, and a checkpoint staged before its rename `.staged-PID.pt`
 _TEMPORARY = re.compile(r"^\.(?:.+\.tmp|staged)-(\d+)(?:\.pt)?$")
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; a missing or non-UTF-8 file is a `ConfigError` naming
+    `what` it is (e.g. "--input") and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lmforge.cli.options import add_generation_flags, add_model_flags, generation_options
 from lmforge.errors import ConfigError
+from lmforge.paths import read_lines
 
 
 def _read_lines(path: str | None) -> list[str]:
-    if path is None:
-        return sys.stdin.read().splitlines()
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--input {file}: no such file")
-    try:
-        return file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"--input {file}: invalid UTF-8 at byte {exc.start}") from None
+    return sys.stdin.read().splitlines() if path is None else read_lines(path, "--input")
 
 
 def cmd_translate(args: argparse.Namespace) -> int:

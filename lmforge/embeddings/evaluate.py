@@ -11,6 +11,7 @@ import torch
 
 from lmforge.embeddings.vectors import KeyedVectors
 from lmforge.errors import ConfigError
+from lmforge.paths import read_lines
 
 
 @dataclass
@@ -59,7 +60,7 @@ def evaluate_word_pairs(
     """Pearson and Spearman correlation of cosine similarity with human scores."""
     vocab = _case_folded(vectors, restrict_vocab)
     gold, model, oov, bad = [], [], 0, 0
-    for line in _lines(path):
+    for line in read_lines(path, "evaluation file"):
         if not line or line.startswith("#"):
             continue
         parts = line.split(delimiter)
@@ -99,7 +100,7 @@ def evaluate_word_analogies(
     unit = vectors.unit[:restrict_vocab]
     sections: dict[str, list[int]] = {}
     questions, asked, oov, section = [], [], 0, None
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(read_lines(path, "evaluation file"), start=1):
         if line.startswith(": "):
             section = line[2:].strip()
             sections[section] = [0, 0]
@@ -150,16 +151,6 @@ def evaluate_word_analogies(
         oov_ratio=100.0 * oov / (len(asked) + oov) if asked or oov else 0.0,
         questions=questions,
     )
-
-
-def _lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"evaluation file {path} does not exist")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def benchmark_data_dir(given: str | Path | None = None) -> Path:
