@@ -15,7 +15,13 @@ import torch
 import lmforge
 from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
-from lmforge.models.quantized import Int4Linear, Int8ViaInt4Linear, pack_int4, quantize_int4_groups
+from lmforge.models.quantized import (
+    Int4Linear,
+    Int8ViaInt4Linear,
+    head_reads_embedding,
+    pack_int4,
+    quantize_int4_groups,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
@@ -167,9 +173,9 @@ def test_a_tied_quantised_head_stays_tied_through_a_move(smollm_path):
     """Buffers move one by one, so a move would leave SmolLM2's int8 head a copy of the
     embedding (twice the memory, and a fine-tune would update only one)."""
     model = lmforge.load(smollm_path, quantize="int8").model
-    assert model.head_reads_embedding()
+    assert head_reads_embedding(model)
     model._apply(lambda t: t.clone())  # what a move does to every tensor
-    assert model.head_reads_embedding()
+    assert head_reads_embedding(model)
 
 
 def test_info_names_the_device(tiny_lm):

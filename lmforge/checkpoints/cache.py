@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lmforge.models.gpt import GPTConfig
+from lmforge.models.quantized import head_reads_embedding
 from lmforge.paths import cache_root
 from lmforge.tokenizers import Tokenizer
 
@@ -58,7 +59,7 @@ def save_converted(entry: Path, model, tokenizer) -> None:
         state = {
             k: v.contiguous()
             for k, v in model.state_dict().items()
-            if not (model.head_reads_embedding() and k.startswith("lm_head."))
+            if not (head_reads_embedding(model) and k.startswith("lm_head."))
         }
         torch.save(state, staging / WEIGHTS_FILE)
         tokenizer.save(staging)

@@ -16,6 +16,7 @@ import torch
 
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.quantized import head_reads_embedding
 from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
 
@@ -171,7 +172,7 @@ def load_state_dict_into(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str
 ) -> None:
     """Copy tensors into the model, checking that names and shapes match exactly."""
-    tied = model.head_reads_embedding()  # its tensors are the embedding's: none to load
+    tied = head_reads_embedding(model)  # its tensors are the embedding's: none to load
     if tied:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("lm_head.")}
     expected = {

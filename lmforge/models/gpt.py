@@ -20,7 +20,7 @@ from lmforge.errors import ConfigError
 from lmforge.models.attention import attend, attention_mask, eager_attention
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.protocol import Trace
-from lmforge.models.quantized import quantized_mode, retie
+from lmforge.models.quantized import count_weights, head_reads_embedding, quantized_mode, retie
 from lmforge.models.rope import apply_rope, rope_angles, rope_inverse_frequencies
 
 
@@ -215,9 +215,9 @@ class GPT(nn.Module):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
         to bfloat16 they would rotate late positions by visibly wrong angles. A tied quantised
         head shares the embedding's buffers again after a move (buffers move one by one)."""
-        tied = self.head_reads_embedding()
+        tied = head_reads_embedding(self)
         super()._apply(fn, recurse)
-        if tied and not self.head_reads_embedding():
+        if tied and not head_reads_embedding(self):
             retie(self)
         if self.config.position == "rope":
             self.inv_freq = self.rope_frequencies().to(self.norm.weight.device)
@@ -358,21 +358,5 @@ class GPT(nn.Module):
                     std /= math.sqrt(2 * self.config.n_layer)
                 nn.init.normal_(param, mean=0.0, std=std)
 
-    def head_reads_embedding(self) -> bool:
-        """Whether the output head uses the embedding's very tensors (tied, stored once, so a
-        checkpoint holds no head of its own). int4's tied head keeps its own int4-layout copy."""
-        return self.config.tie_embeddings and getattr(self.lm_head, "weight", None) is getattr(
-            self.embed, "weight", None
-        )
-
     def num_parameters(self) -> int:
-        """Weights of the model, counting quantised layers (buffers) once, shared ones once."""
-        params = sum(p.numel() for p in self.parameters())
-        quantised = {
-            id(getattr(m, "weight", m)): m.num_weights
-            for m in self.modules()
-            if hasattr(m, "num_weights")
-            # a tied head is the embedding's weights, even stored apart (int4's head)
-            and not (self.config.tie_embeddings and m is self.lm_head)
-        }
-        return params + sum(quantised.values())
+        return count_weights(self)

@@ -419,6 +419,26 @@ def retie(model: nn.Module) -> None:
         model.lm_head.weight = model.embed.weight
 
 
+def head_reads_embedding(model: nn.Module) -> bool:
+    """Whether the output head uses the embedding's very tensors (tied, stored once, so a
+    checkpoint holds no head of its own). int4's tied head keeps its own int4-layout copy."""
+    head, embed = getattr(model.lm_head, "weight", None), getattr(model.embed, "weight", None)
+    return model.config.tie_embeddings and head is embed
+
+
+def count_weights(model: nn.Module) -> int:
+    """A model's weights, counting quantised layers (buffers) once and shared tensors once."""
+    params = sum(p.numel() for p in model.parameters())
+    quantised = {
+        id(getattr(m, "weight", m)): m.num_weights
+        for m in model.modules()
+        if hasattr(m, "num_weights")
+        # a tied head is the embedding's weights, even stored apart (int4's head)
+        and not (model.config.tie_embeddings and m is model.lm_head)
+    }
+    return params + sum(quantised.values())
+
+
 def quantized_mode(model: nn.Module) -> str:
     """Which QUANTIZE_MODES entry a model is in (read from its layers)."""
     kinds = {type(m) for m in model.modules()}
