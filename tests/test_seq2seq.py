@@ -368,3 +368,10 @@ def test_translation_settings_are_checked_up_front():
     with pytest.raises(ConfigError, match="label_smoothing=1.5"):
         TrainConfig(arch="seq2seq", label_smoothing=1.5)
     assert TrainConfig(arch="seq2seq").block_size == 128 and TrainConfig().block_size == 64
+
+
+def test_sampling_returns_n_translations_per_source(trained):
+    _, lm = trained["seq2seq-gru"]
+    results = lm.translate(["a b c", "d e"], do_sample=True, num_return_sequences=3, seed=0)
+    assert [len(r) for r in results] == [3, 3]
+    assert all(c.prompt_tokens == len(lm.tokenizer.encode("a b c")) + 1 for c in results[0])

@@ -62,6 +62,8 @@ def translate_tokens(
     source's tokens."""
     if not sources:
         return []
+    if config.num_beams == 1:  # beam search returns its n best; sampling draws n rows a source
+        sources = [ids for ids in sources for _ in range(config.num_return_sequences)]
     decoder, prompts = _bound_decoder(model, sources, config)
     results = generate_tokens(decoder, tokenizer, prompts, _decoder_config(model, config))
     per_source = len(results) // len(sources)
