@@ -124,6 +124,7 @@ class LM:
         Options are GenerationConfig's, plus `draft_model` (a smaller LM with the same tokenizer)
         for speculative greedy decoding; `prompt_lookup_num_tokens=N` speculates with no model."""
         if self.encoder_decoder:
+            _no_draft(options.pop("draft_model", None))
             if not (isinstance(prompts, str) or all(isinstance(p, str) for p in prompts)):
                 raise ConfigError("an encoder-decoder's prompts are source texts (strings)")
             result = self.translate(prompts, **options)
@@ -145,6 +146,7 @@ class LM:
         draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         if self.encoder_decoder:
+            _no_draft(draft)
             texts = [prompts] if isinstance(prompts, str) else list(prompts)
             sources = source_ids(self.model, self.tokenizer, texts)
             sources = [ids for ids in sources for _ in range(config.num_return_sequences)]
@@ -182,6 +184,13 @@ class LM:
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "device": str(model_device(self.model)),
         }
+
+
+def _no_draft(draft) -> None:
+    if draft is not None:
+        raise ConfigError(
+            "draft_model speculates for decoder-only models; a translation model decodes alone"
+        )
 
 
 def _draft_model(draft):

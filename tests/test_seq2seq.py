@@ -258,6 +258,10 @@ def test_translation_and_language_models_refuse_each_others_verbs(trained, tmp_p
     )
     with pytest.raises(ConfigError, match="tiny-gpt is a decoder-only language model"):
         decoder_only.translate("a b c")
+    with pytest.raises(ConfigError, match="prompt_lookup_num_tokens speculates for decoder-only"):
+        lm.translate(["a b", "c d"], prompt_lookup_num_tokens=3)
+    with pytest.raises(ConfigError, match="draft_model speculates for decoder-only models"):
+        list(lm.stream("a b", draft_model=decoder_only))
     with pytest.raises(ConfigError, match="target=.* is for translation"):
         TrainConfig(arch="gpt", target="x.en")
 

@@ -35,8 +35,11 @@ def source_ids(model, tokenizer: Tokenizer, texts: list[str], truncate: bool = F
 
 
 def _bound_decoder(model, sources: list[list[int]], config: GenerationConfig):
-    if config.prompt_lookup_num_tokens:
-        config.check_speculative("prompt_lookup_num_tokens")
+    if config.prompt_lookup_num_tokens:  # drafts are checked by rewinding a cache; this one can't
+        raise ConfigError(
+            "prompt_lookup_num_tokens speculates for decoder-only models; a translation "
+            "model's cache cannot rewind rejected tokens"
+        )
     source, mask = pad_rows(sources, model.config.pad_id)
     device = model_device(model)
     with torch.inference_mode():

@@ -222,8 +222,8 @@ class Trainer:
         self.train_losses = list(state["train_losses"])
         self.evaluations = list(state["evaluations"])
         self.best_val, self.bad_evals = state["best_val"], state["bad_evals"]
-        best_val = self.best_val
-        self.best_score = state.get("best_score", None if best_val is None else -best_val)
+        # runs saved before best_score kept the best model by validation loss
+        self.best_score = state.get("best_score", None if self.best_val is None else -self.best_val)
         self.lr_scale = state["lr_scale"]
         hidden = state.get("hidden")
         if hidden is not None:

@@ -14,6 +14,7 @@ import torch
 
 from lmforge.data.parallel import (
     EncodedPairs,
+    PairBatch,
     ParallelText,
     TokenBatches,
     encode_pairs,
@@ -65,10 +66,22 @@ class TranslationTrainer(Trainer):
             train_text, encode, m.eos_id, c.block_size, c.truncate
         )
         self.val_pairs: EncodedPairs | None = None
+        self.val_batches: list[PairBatch] = []  # padded once, scored at every evaluation
         if val_text is not None:
             self.val_pairs, _ = encode_pairs(
                 val_text, encode, m.eos_id, c.block_size, truncate=True, what="validation"
             )
+            budget = max(c.batch_tokens, 2 * m.max_seq_len)
+            grouped = TokenBatches(self.val_pairs, budget, m.pad_id, m.start_id, seed=0).batches
+            self.val_batches = [
+                make_batch(
+                    [self.val_pairs.sources[i] for i in rows],
+                    [self.val_pairs.targets[i] for i in rows],
+                    m.pad_id,
+                    m.start_id,
+                )
+                for rows in grouped
+            ]
         if self.dist.is_main and self.state is None:
             print(
                 f"{len(self.train_pairs)} training pairs"
@@ -130,19 +143,8 @@ class TranslationTrainer(Trainer):
 
     def _validation_loss(self) -> float:
         """Mean cross-entropy per target token over the validation pairs (no smoothing)."""
-        m, pairs = self.model.config, self.val_pairs
-        total, tokens = 0.0, 0
-        batches = TokenBatches(
-            pairs, max(self.config.batch_tokens, 2 * m.max_seq_len), m.pad_id, m.start_id, 0
-        )
-        device = self.dist.device
-        for rows in batches.batches:
-            batch = make_batch(
-                [pairs.sources[i] for i in rows],
-                [pairs.targets[i] for i in rows],
-                m.pad_id,
-                m.start_id,
-            )
+        total, tokens, device = 0.0, 0, self.dist.device
+        for batch in self.val_batches:
             with _autocast(self.config.precision, device):
                 logits = self.model(
                     batch.source.to(device),
