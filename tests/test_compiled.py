@@ -34,6 +34,7 @@ def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
             )
     decoder = compiled.model.compiled_decoder
     assert len(decoder.compiled_layouts) == len(cases)  # the compiled graphs did the decoding
+    assert not compiled.model.new_cache(2, 32).prunable  # finished rows stay: one graph a batch
 
 
 def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):

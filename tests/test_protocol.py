@@ -38,6 +38,7 @@ def test_declares_the_protocol(model):
     cache = model.new_cache(2, 16)
     assert isinstance(cache, GenerationCache)
     assert isinstance(model.stateful, bool) and isinstance(cache.bounded, bool)
+    assert isinstance(cache.prunable, bool)
     described = model.describe()
     assert described["parameters"] == model.num_parameters() > 0
 

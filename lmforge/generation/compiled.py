@@ -79,7 +79,9 @@ def compile_decode(model: GPT) -> None:
         max_len = max_len or model.config.max_seq_len
         if max_len <= model.config.max_seq_len:  # (longer: the eager method's clear error)
             max_len = decoder.cache_length(max_len)
-        return eager_new_cache(batch_size, max_len)
+        cache = eager_new_cache(batch_size, max_len)
+        cache.prunable = False  # each batch size is a graph of its own: rows stay till the end
+        return cache
 
     model.forward, model.new_cache, model.compiled_decoder = forward, new_cache, decoder
 

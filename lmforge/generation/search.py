@@ -174,21 +174,24 @@ def _stream_prepared(
     logits, cache = prefill(model, cache, tokens, mask, positions)
     next_positions = positions[:, -1] + 1
 
-    # 3) decode: choose a token per row, report it, feed it back
+    # 3) decode: choose a token per row, report it, feed it back. `live[i]` is the prompt behind
+    #    row i of the batch: rows that finished leave it once they are a quarter of it.
+    live = list(range(rows))
     for step in range(max_new):
         width = prompt_len + step
         history = History(history_tokens[:, :width], history_valid[:, :width], prompt_len)
         choice = choose_next(logits, config, processors, history, generator)
         chosen = torch.tensor(choice.tokens, device=device)
         history_tokens[:, width], history_valid[:, width] = chosen, True
-        for row, token in enumerate(choice.tokens):
+        for i, token in enumerate(choice.tokens):
+            row = live[i]
             if finished[row]:
                 continue
             event = token_event(
                 row,
                 token,
-                choice.logprobs[row],
-                choice.top[row] if choice.top else None,
+                choice.logprobs[i],
+                choice.top[i] if choice.top else None,
                 assemblers[row],
                 eos,
                 last=step == max_new - 1,
@@ -197,6 +200,13 @@ def _stream_prepared(
             yield event
         if all(finished):
             return
+        running = [i for i, row in enumerate(live) if not finished[row]]
+        if cache.prunable and 4 * (len(live) - len(running)) >= len(live):
+            keep = torch.tensor(running, device=device)
+            cache.reorder(keep)
+            live = [live[i] for i in running]
+            history_tokens, history_valid = history_tokens[keep], history_valid[keep]
+            chosen, next_positions = chosen[keep], next_positions[keep]
         if slide and cache.length >= cache_len:
             # 4) the cache is full: start again from the newest half of each row's text
             keep = max(1, context // 2)
@@ -204,7 +214,7 @@ def _stream_prepared(
             valid = history_valid[:, width + 1 - keep : width + 1]
             positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
             logits, cache = prefill(
-                model, model.new_cache(rows, cache_len), window, valid, positions
+                model, model.new_cache(len(live), cache_len), window, valid, positions
             )
             next_positions = positions[:, -1] + 1
             continue
@@ -285,6 +295,8 @@ def beam_search(
     top_mask = torch.arange(keep, device=device) < beams
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
     batch_offset = torch.arange(batch, device=device)[:, None] * beams
+    live = list(range(batch))  # the prompt behind each row group of the batch
+    ended: list = [None] * batch  # each prompt's (sequences, logprobs, lengths, scores) at the end
 
     cache = model.new_cache(batch * beams, max_length)
     padded = not bool(mask.all())
@@ -359,16 +371,43 @@ def beam_search(
         )
         if not keep_going or bool(hits.all()):
             break
+        # Prompts whose beams cannot improve leave the batch once they are a quarter of it.
+        done = ~improvable[:, 0] | (finished.all(dim=1) & (config.early_stopping is True))
+        if bool(done.all()):
+            break
+        if cache.prunable and 4 * int(done.sum()) >= batch:
+            for b in done.nonzero()[:, 0].tolist():
+                ended[live[b]] = (sequences[b], seq_lp[b], lengths[b], beam_scores[b])
+            rest = (~done).nonzero()[:, 0]
+            live, batch = [live[b] for b in rest.tolist()], len(rest)
+            rows = (rest[:, None] * beams + torch.arange(beams, device=device)).view(-1)
+            cache.reorder(rows)
+            next_positions, batch_offset = next_positions[rows], batch_offset[:batch]
+            (running, valid, running_scores, running_lp, sequences, seq_lp) = (
+                t[rest] for t in (running, valid, running_scores, running_lp, sequences, seq_lp)
+            )
+            (beam_scores, lengths, finished, improvable) = (
+                t[rest] for t in (beam_scores, lengths, finished, improvable)
+            )
         logits, cache = model(
             running[:, :, cur_len - 1].reshape(-1, 1), cache, next_positions, None, last_only=True
         )
         next_positions = next_positions + 1
 
+    for b, prompt in enumerate(live):
+        ended[prompt] = (sequences[b], seq_lp[b], lengths[b], beam_scores[b])
+    return _beam_completions(ended, prompts, prompt_len, eos_ids, tokenizer, config)
+
+
+def _beam_completions(
+    final: list, prompts: list[list[int]], prompt_len: int, eos_ids: list[int], tokenizer, config
+) -> list[Completion]:
+    """The `num_return_sequences` best of each prompt's (sequences, logprobs, lengths, scores)."""
     results = []
-    for b in range(batch):
+    for b, (sequences, seq_lp, lengths, beam_scores) in enumerate(final):
         for k in range(config.num_return_sequences):
-            n = int(lengths[b, k])
-            ids = sequences[b, k, prompt_len : prompt_len + n].tolist()
+            n = int(lengths[k])
+            ids = sequences[k, prompt_len : prompt_len + n].tolist()
             reason = "eos" if ids and ids[-1] in eos_ids else "length"
             assembler = TextAssembler(tokenizer, config.stop)
             for token in ids:
@@ -381,10 +420,10 @@ def beam_search(
                 Completion(
                     ids,
                     assembler.text,
-                    seq_lp[b, k, :n].tolist(),
+                    seq_lp[k, :n].tolist(),
                     reason,
                     len(prompts[b]),
-                    score=float(beam_scores[b, k]),
+                    score=float(beam_scores[k]),
                 )
             )
     return results

@@ -18,6 +18,7 @@ class KVCache:
 
     bounded = True  # `max_len` slots, `length` of them filled
     rewindable = True  # `truncate` drops the newest tokens
+    prunable = True  # (a compiled decode step's caches are not: its graph is made for their rows)
 
     def __init__(
         self,

@@ -6,8 +6,8 @@ evaluators and the server can rely on it without asking which model they hold.
 
 What differs between models is declared, never guessed from their type: whether a model carries
 state from one chunk of text to the next (`stateful`), what `trace` can show of its inner workings
-(`trace_views`), and whether its cache has slots that fill up (`bounded`) and can forget its newest
-tokens (`rewindable`). `tests/test_protocol.py` runs every model type through all of it.
+(`trace_views`), and whether its cache has slots that fill up (`bounded`), can forget its newest
+tokens (`rewindable`) and can drop rows that finished (`prunable`). `tests/test_protocol.py` runs every model type through all of it.
 
 An encoder-decoder adds one step in front: `model.decoder(model.encode(source, mask))` is a
 language model of the target bound to those sources (`EncoderDecoder`).
@@ -28,6 +28,7 @@ class GenerationCache(Protocol):
 
     bounded: bool  # a fixed number of slots (`max_len`), `length` of them filled
     rewindable: bool  # `truncate(length)` forgets every token from `length` on
+    prunable: bool  # `reorder` may keep fewer rows (False: a step compiled for this many rows)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep/duplicate batch rows (beam search picks which beams continue)."""

@@ -61,6 +61,7 @@ class RNNState:
 
     bounded = False  # no slots to fill: a state of fixed size summarises any length of text
     rewindable = False  # a state cannot forget its newest tokens
+    prunable = True
 
     def __init__(self, hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
         self.hidden = hidden

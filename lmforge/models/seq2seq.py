@@ -118,6 +118,7 @@ class Seq2SeqCache:
 
     bounded = False  # it grows with the target; the target's length is checked up front
     rewindable = False
+    prunable = True
 
     def __init__(self, memory: Memory, sources: torch.Tensor | None = None):
         self.memory = memory
@@ -271,6 +272,7 @@ class Seq2SeqTransformer(Seq2SeqModel):
         )
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.lm_head.weight = self.embed.weight
+        self._positions: torch.Tensor | None = None  # the sinusoid table, made at first use
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -284,8 +286,13 @@ class Seq2SeqTransformer(Seq2SeqModel):
             self.embed.weight[self.config.pad_id].zero_()  # padding (and the start) adds nothing
 
     def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        positions = marian_positions(ids.shape[1], self.config.d_model, start, ids.device)
-        return self.dropout(self.embed(ids) * self.scale + positions.to(self.embed.weight.dtype))
+        weight = self.embed.weight
+        table = self._positions
+        if table is None or table.device != weight.device or table.dtype != weight.dtype:
+            table = marian_positions(self.config.max_seq_len, self.config.d_model, 0, weight.device)
+            table = self._positions = table.to(weight.dtype)  # (not a buffer: never saved)
+        positions = table[start : start + ids.shape[1]]
+        return self.dropout(self.embed(ids) * self.scale + positions)
 
     def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> Memory:
         """Encoder states of right-padded `source` (rows, len); `source_mask` marks real tokens."""
@@ -332,9 +339,9 @@ class Seq2SeqTransformer(Seq2SeqModel):
                     layer.multihead_attn.in_proj_bias,
                 )
                 kv = F.linear(cache.memory.states, weight[c.d_model :], bias[c.d_model :])
-                cache.derived += list(self._heads(kv).chunk(2, dim=-1))
+                cache.derived += list(self._heads(kv.float()).chunk(2, dim=-1))
         if not cache.steps:
-            empty = cache.memory.states.new_zeros(ids.shape[0], c.n_head, 0, c.d_model // c.n_head)
+            empty = torch.zeros(ids.shape[0], c.n_head, 0, c.d_model // c.n_head, device=ids.device)
             cache.steps = [empty] * (2 * c.n_decoder_layer)
         x = self._embed(ids, cache.length)
         new = ids.shape[1]
@@ -349,17 +356,17 @@ class Seq2SeqTransformer(Seq2SeqModel):
             q, k, v = self._heads(
                 F.linear(h, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)
             ).chunk(3, dim=-1)
-            k = torch.cat((cache.steps[2 * i], k), dim=2)
-            v = torch.cat((cache.steps[2 * i + 1], v), dim=2)
+            k = torch.cat((cache.steps[2 * i], k.float()), dim=2)
+            v = torch.cat((cache.steps[2 * i + 1], v.float()), dim=2)
             cache.steps[2 * i], cache.steps[2 * i + 1] = k, v
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+            attended = _attend(q, k, v, causal)
             x = self._residual(x, layer.self_attn.out_proj(self._merge(attended)), layer.norm1)
             # 3) cross-attention over the source, its keys and values from the cache
             h = layer.norm2(x) if c.norm_first else x
             weight, bias = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
             q = self._heads(F.linear(h, weight[: c.d_model], bias[: c.d_model]))
             k, v = cache.derived[2 * i], cache.derived[2 * i + 1]
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=memory_mask)
+            attended = _attend(q, k, v, memory_mask)
             x = self._residual(x, layer.multihead_attn.out_proj(self._merge(attended)), layer.norm2)
             # 4) feed-forward
             h = layer.norm3(x) if c.norm_first else x
@@ -383,6 +390,13 @@ class Seq2SeqTransformer(Seq2SeqModel):
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         rows, heads, length, dim = x.shape
         return x.transpose(1, 2).reshape(rows, length, heads * dim)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Attention of a decode step's few queries over float32 keys and values, in float32 whatever
+    the model's precision: on a CPU, PyTorch's attention over one query is several times slower
+    in bfloat16, and the cache it reads is small."""
+    return F.scaled_dot_product_attention(q.float(), k, v, attn_mask=mask).to(q.dtype)
 
 
 class BahdanauAttention(nn.Module):

@@ -70,6 +70,7 @@ class TokenWindow:
 
     bounded = False  # it grows; the model reads only the newest window of it
     rewindable = False  # speculative decoding needs a KV cache: nothing here to gain from it
+    prunable = True
 
     def __init__(self, batch_size: int, device):
         self.tokens = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
