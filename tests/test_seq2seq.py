@@ -7,7 +7,10 @@ import copy
 import gzip
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -22,10 +25,11 @@ from lmforge.data.parallel import (
     pad_rows,
     read_parallel,
 )
+from lmforge.device import bf16_matmul_is_fast
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.generation.seq2seq import source_ids
 from lmforge.models.protocol import EncoderDecoder, LanguageModel
-from lmforge.models.seq2seq import Seq2SeqConfig, Seq2SeqGRU, Seq2SeqTransformer
+from lmforge.models.seq2seq import Seq2SeqCache, Seq2SeqConfig, Seq2SeqGRU, Seq2SeqTransformer
 from lmforge.training import TrainConfig, train
 
 LETTERS = "abcdefghij"
@@ -65,6 +69,7 @@ def _config(directory, arch: str, **overrides) -> TrainConfig:
         warmup=30,
         eval_bleu=100,
         log_interval=50,
+        precision="fp32",  # (translation's default is bf16 where the CPU is fast at it)
     )
     return TrainConfig(**{**settings, **overrides})
 
@@ -135,11 +140,22 @@ def test_cached_decoding_equals_recomputing_the_whole_target(kind, norm_first):
 
 
 @pytest.mark.parametrize("arch", ["seq2seq", "seq2seq-gru"])
-def test_batched_translation_equals_one_at_a_time(reversal, trained, arch):
+def test_batched_translation_equals_one_at_a_time(reversal, trained, arch, monkeypatch):
+    """Also when rows that finished (greedy) or sources whose beams cannot improve (beam search)
+    leave the batch: the cache drops their rows."""
     _, lm = trained[arch]
     sources = (reversal / "val.src").read_text().splitlines()[:24]
+    kept_rows = []
+    reorder = Seq2SeqCache.reorder
+    monkeypatch.setattr(
+        Seq2SeqCache,
+        "reorder",
+        lambda cache, rows: kept_rows.append(len(rows)) or reorder(cache, rows),
+    )
     for options in ({}, {"num_beams": 4}):
+        kept_rows.clear()
         batched = [r.token_ids for r in lm.translate(sources, batch_size=8, **options)]
+        assert kept_rows and min(kept_rows) < 8 * options.get("num_beams", 1)  # rows left
         single = [lm.translate(s, **options).token_ids for s in sources]
         assert batched == single, options
 
@@ -173,14 +189,44 @@ def test_the_export_is_a_marian_model_with_our_logits_and_our_beams(reversal, tr
         assert all(ids[-1] == eos for ids in got)
 
 
-def test_a_resumed_run_gives_the_same_loss_trace(reversal, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_resumed_run_gives_the_same_loss_trace(reversal, tmp_path, precision):
     settings = dict(steps=30, eval_interval=15, eval_bleu=10, dropout=0.1, n_layer=1, n_embd=32)
-    settings.update(n_head=2, d_ff=64, batch_tokens=512)
+    settings.update(n_head=2, d_ff=64, batch_tokens=512, precision=precision)
     straight = train(_config(reversal, "seq2seq", **settings), tmp_path / "straight")
     train(_config(reversal, "seq2seq", **{**settings, "steps": 20}), tmp_path / "resumed")
     resumed = train(_config(reversal, "seq2seq", **settings), tmp_path / "resumed", resume=True)
+    assert straight.train_losses[-1] < 0.8 * straight.train_losses[0]
     assert resumed.train_losses == straight.train_losses
     assert resumed.evaluations[-1]["val_loss"] == straight.evaluations[-1]["val_loss"]
+
+
+def test_torchrun_with_two_processes_matches_one_process(reversal, tmp_path):
+    """Each process takes its share of a batch's rows; the losses and the model are one
+    process's (dropout off: the processes draw different masks)."""
+    args = ["--arch", "seq2seq", "--source", str(reversal / "train.src"), "--target",
+            str(reversal / "train.tgt"), "--steps", "8", "--eval-interval", "8", "--eval-bleu", "0",
+            "--vocab-size", "300", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+            "--d-ff", "64", "--batch-tokens", "512", "--dropout", "0", "--precision", "fp32",
+            "--warmup", "2", "--lr", "3e-3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "lmforge", "train", *args, "--out", str(tmp_path / "one")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two += ["-m", "lmforge", "train", *args, "--out", str(tmp_path / "two")]
+    for command in (one, two):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    losses = [
+        torch.load(tmp_path / run / "checkpoints/last.pt", weights_only=True)["train_losses"]
+        for run in ("one", "two")
+    ]
+    assert len(losses[0]) == 8 and losses[0][-1] < losses[0][0]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-4)
+    # Adam divides by the gradients' size: where a gradient is near zero, summing in another
+    # order moves a weight by up to ~lr in 8 steps; training on half the rows moves them ~10x more
+    a, b = (lmforge.load(tmp_path / run).model.state_dict() for run in ("one", "two"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-3)
 
 
 def test_resuming_with_another_tokenizer_is_refused(reversal, tmp_path):
@@ -314,6 +360,26 @@ def test_the_cli_trains_translates_line_by_line_and_scores(
     assert "encoder-decoder (translation) model and cannot chat" in capsys.readouterr().err
 
 
+def test_compare_reports_translation_models_side_by_side(reversal, trained, tmp_path, capsys):
+    from lmforge.cli import main
+
+    runs = [str(reversal / "seq2seq"), str(reversal / "seq2seq-gru")]
+    parallel = ["--source", str(reversal / "val.src"), "--reference", str(reversal / "val.tgt")]
+    out = tmp_path / "report"
+    assert main(["compare", *runs, *parallel, "--max-sentences", "50", "--out", str(out)]) == 0
+    table = [line for line in (out / "compare.md").read_text().splitlines() if "Seq2Seq" in line]
+    assert {line.split(" | ")[1] for line in table} == {"Seq2SeqTransformer", "Seq2SeqGRU"}
+    assert all(float(line.split(" | ")[4]) > 90 for line in table)  # BLEU of a learned task
+    assert (out / "compare.html").read_text().count("data:image/png;base64") == 2
+    capsys.readouterr()
+    assert main(["compare", runs[0], "--data", str(reversal / "val.src"), "--out", str(out)]) == 2
+    assert "is a translation model: compare it on parallel text" in capsys.readouterr().err
+    assert main(["compare", *runs, "--source", str(reversal / "val.src")]) == 2
+    assert "--data TEXT (language models) or --source F and --reference F" in (
+        capsys.readouterr().err
+    )
+
+
 def test_the_server_translates_on_completions_and_refuses_chat(reversal, trained):
     from tests.test_serve import Server
 
@@ -372,6 +438,17 @@ def test_translation_settings_are_checked_up_front():
     with pytest.raises(ConfigError, match="label_smoothing=1.5"):
         TrainConfig(arch="seq2seq", label_smoothing=1.5)
     assert TrainConfig(arch="seq2seq").block_size == 128 and TrainConfig().block_size == 64
+
+
+def test_translation_runs_default_to_the_benchmark_recipe():
+    language_model, translation = TrainConfig(), TrainConfig(arch="seq2seq")
+    assert (language_model.lr, language_model.warmup, language_model.steps) == (1e-3, 100, 2000)
+    assert (translation.lr, translation.warmup, translation.beta2) == (7e-4, 400, 0.98)
+    assert (translation.steps, translation.epochs) == (None, 11)
+    assert TrainConfig(arch="seq2seq", steps=50).epochs is None  # steps given: no epochs
+    assert language_model.precision == "fp32"
+    assert translation.precision == ("bf16" if bf16_matmul_is_fast() else "fp32")
+    assert TrainConfig(arch="seq2seq", lr=1e-3, precision="fp32").lr == 1e-3
 
 
 def test_sampling_returns_n_translations_per_source(trained):

@@ -63,20 +63,40 @@ def _print(result: dict, as_json: bool) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import lmforge
     from lmforge.data.corpus import Corpus
-    from lmforge.evaluation.compare import compare
+    from lmforge.data.parallel import read_parallel
+    from lmforge.evaluation.compare import compare, compare_translations
 
-    text = "\n\n".join(Corpus(args.data).texts())[: args.max_chars]
+    translation = args.source is not None or args.reference is not None
+    if translation == (args.data is not None) or (
+        translation and None in (args.source, args.reference)
+    ):
+        raise ConfigError(
+            "compare needs --data TEXT (language models) or --source F and --reference F "
+            "(translation models), not both"
+        )
     models = {name: lmforge.load(name) for name in args.models}
-    rows, page = compare(
-        models,
-        text,
-        args.data,
-        args.prompt,
-        args.out,
-        args.max_new_tokens,
-        args.context,
-        args.stride,
-    )
+    if translation:
+        pairs = read_parallel(args.source, args.reference)
+        _, page = compare_translations(
+            models,
+            pairs.sources[: args.max_sentences],
+            pairs.targets[: args.max_sentences],
+            str(args.source),
+            args.out,
+            args.num_beams,
+        )
+    else:
+        text = "\n\n".join(Corpus(args.data).texts())[: args.max_chars]
+        _, page = compare(
+            models,
+            text,
+            args.data,
+            args.prompt,
+            args.out,
+            args.max_new_tokens,
+            args.context,
+            args.stride,
+        )
     print((Path(args.out) / "compare.md").read_text())
     print(f"report: {page}")
     return 0
@@ -153,7 +173,11 @@ def add_parsers(verbs) -> None:
 
     cmp = verbs.add_parser("compare", help="one report comparing models on the same text")
     cmp.add_argument("models", nargs="+", help="model names, files or run directories")
-    cmp.add_argument("--data", required=True)
+    cmp.add_argument("--data", help="text the language models are scored on")
+    cmp.add_argument("--source", help="translation models: sentences to translate, one a line")
+    cmp.add_argument("--reference", help="translation models: their translations, line by line")
+    cmp.add_argument("--num-beams", type=int, default=1, help="translation models: beam size")
+    cmp.add_argument("--max-sentences", type=int, default=None, help="translate at most this many")
     cmp.add_argument("--prompt", default="The ")
     cmp.add_argument("--max-chars", type=int, default=50_000, help="score this much of the text")
     cmp.add_argument("--max-new-tokens", type=int, default=40)

@@ -18,7 +18,7 @@ _MANUAL = {"data", "arch", "tokenizer", "init_from", "lora_rank", "merge_lora"}
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    from lmforge.training.config import TrainConfig
+    from lmforge.training.config import KIND_DEFAULTS, TrainConfig
 
     group = parser.add_argument_group("settings (see TrainConfig; default in brackets)")
     for f in dataclasses.fields(TrainConfig):
@@ -26,6 +26,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in KIND_DEFAULTS:
+            default = "{}; translation: {}".format(*KIND_DEFAULTS[f.name])
         kind = str(f.type).split("|")[0].strip()  # "int | None" -> "int"
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=f"[{default}]")
         if kind == "bool":

@@ -8,10 +8,25 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lmforge.device import bf16_matmul_is_fast
 from lmforge.errors import ConfigError
 from lmforge.paths import read_json
 
 SEQ2SEQ_ARCHS = ("seq2seq", "seq2seq-gru")
+
+# Settings left at None: (a language model's default, a translation run's default). Translation's
+# are the recipe of benchmarks/translate_multi30k.py; "auto" precision is bf16 autocast where the
+# CPU multiplies bfloat16 fast, else fp32.
+KIND_DEFAULTS = {
+    "lr": (1e-3, 7e-4),
+    "min_lr": (1e-4, 1e-5),
+    "warmup": (100, 400),
+    "weight_decay": (0.1, 0.01),
+    "beta2": (0.99, 0.98),
+    "precision": ("fp32", "auto"),
+    "steps": (2000, None),  # translation: set from `epochs`
+    "epochs": (None, 11),
+}
 
 # What a run is: its data, tokenizer and model. A resumed run may change anything else.
 RUN_DEFINING = frozenset(
@@ -101,19 +116,19 @@ class TrainConfig:
     # optimisation
     batch_size: int = 12  # global: split across processes
     grad_accum: int = 1
-    steps: int = 2000
-    epochs: int | None = None  # translation: train this many passes over the pairs (sets steps)
+    steps: int | None = None
+    epochs: int | None = None  # translation: passes over the pairs (sets steps)
     optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    lr: float | None = None  # None here and below: KIND_DEFAULTS
+    min_lr: float | None = None
     schedule: str = "cosine"  # cosine | linear | constant | plateau (lr / 4 when val stalls)
-    warmup: int = 100
-    weight_decay: float = 0.1
+    warmup: int | None = None
+    weight_decay: float | None = None
     beta1: float = 0.9
-    beta2: float = 0.99
+    beta2: float | None = None
     grad_clip: float = 1.0  # 0 turns clipping off
     label_smoothing: float | None = None  # None: 0.1 for translation, 0 for language models
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str | None = None  # fp32 | bf16 (autocast) | auto (bf16 where fast)
     compile: bool = False
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state
     # evaluation, checkpoints, logging
@@ -136,12 +151,12 @@ class TrainConfig:
             self.block_size = 128 if translation else 64
         if self.tokenizer is None:
             self.tokenizer = "bpe" if translation else "char"
+        self._fill_defaults(translation)
         positive = [
             "block_size",
             "batch_tokens",
             "batch_size",
             "grad_accum",
-            "steps",
             "eval_interval",
             "log_interval",
             "vocab_size",
@@ -158,6 +173,7 @@ class TrainConfig:
                 "eval_tokens",
                 "patience",
                 "max_vocab",
+                "steps",
                 "epochs",
             )
             if getattr(self, n) is not None
@@ -233,6 +249,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def _fill_defaults(self, translation: bool) -> None:
+        """Settings left at None get the defaults of their kind of run (`KIND_DEFAULTS`)."""
+        for name, defaults in KIND_DEFAULTS.items():
+            if getattr(self, name) is None and not (name == "epochs" and self.steps):
+                setattr(self, name, defaults[translation])
+        if self.precision == "auto":
+            self.precision = "bf16" if bf16_matmul_is_fast() else "fp32"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

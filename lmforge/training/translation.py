@@ -105,10 +105,14 @@ class TranslationTrainer(Trainer):
 
     def _batch_loss(self) -> torch.Tensor:
         batch, _ = self.batches.next()
-        self.target_tokens += batch.target_tokens
+        total, weight = batch.target_tokens, 1.0
+        self.target_tokens += total
         if self.dist.active:  # this process's share of the rows
             bounds = torch.linspace(0, batch.source.shape[0], self.dist.world_size + 1).long()
             batch = batch.rows(slice(int(bounds[self.dist.rank]), int(bounds[self.dist.rank + 1])))
+            # weighted by its share of the tokens, so that DDP's average of the processes'
+            # gradients is the gradient of the whole batch's mean loss per token
+            weight = batch.target_tokens * self.dist.world_size / total
         device = self.dist.device
         logits = self.runner(
             batch.source.to(device),
@@ -119,7 +123,7 @@ class TranslationTrainer(Trainer):
         smoothing = (
             LABEL_SMOOTHING if self.config.label_smoothing is None else self.config.label_smoothing
         )
-        return seq2seq_loss(
+        return weight * seq2seq_loss(
             logits, batch.target_out.to(device), batch.target_mask.to(device), smoothing
         )
 
