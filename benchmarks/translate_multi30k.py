@@ -9,7 +9,7 @@ sacreBLEU comes to those tables). Time to BLEU counts training steps only; evalu
 apart.
 
     python benchmarks/translate_multi30k.py --arch seq2seq --epochs 11 --seeds 1 2 3
-    python benchmarks/translate_multi30k.py --arch seq2seq-gru --epochs 7
+    python benchmarks/translate_multi30k.py --arch seq2seq-gru --epochs 10
 """
 
 from __future__ import annotations
