@@ -357,7 +357,6 @@ def beam_search(
         finished = torch.cat((finished, just_finished), dim=1).gather(1, best)
         beam_scores = merged_scores.gather(1, best)
 
-        cache.reorder(source_rows)
         cur_len += 1
         if config.early_stopping == "never" and config.length_penalty > 0.0:
             best_length = max_length - prompt_len
@@ -381,14 +380,15 @@ def beam_search(
             rest = (~done).nonzero()[:, 0]
             live, batch = [live[b] for b in rest.tolist()], len(rest)
             rows = (rest[:, None] * beams + torch.arange(beams, device=device)).view(-1)
-            cache.reorder(rows)
-            next_positions, batch_offset = next_positions[rows], batch_offset[:batch]
+            source_rows, next_positions = source_rows[rows], next_positions[rows]
+            batch_offset = batch_offset[:batch]
             (running, valid, running_scores, running_lp, sequences, seq_lp) = (
                 t[rest] for t in (running, valid, running_scores, running_lp, sequences, seq_lp)
             )
             (beam_scores, lengths, finished, improvable) = (
                 t[rest] for t in (beam_scores, lengths, finished, improvable)
             )
+        cache.reorder(source_rows)  # the beams that continue (of the prompts that stay), once
         logits, cache = model(
             running[:, :, cur_len - 1].reshape(-1, 1), cache, next_positions, None, last_only=True
         )
