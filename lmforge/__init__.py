@@ -1,12 +1,13 @@
 """lmforge: language models and text generation in plain PyTorch."""
 
-from lmforge.api import LM, load
+from lmforge.api import LM, finetune, load
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError, UnknownModelError
 from lmforge.generation.config import GenerationConfig
 
 __all__ = [
     "LM",
     "load",
+    "finetune",
     "GenerationConfig",
     "LMForgeError",
     "ConfigError",

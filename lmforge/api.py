@@ -11,10 +11,16 @@ import torch
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.device import model_device, resolve_device
 from lmforge.errors import ConfigError
+from lmforge.evaluation.classification import (
+    Classification,
+    classify_by_likelihood,
+    classify_with_head,
+)
 from lmforge.generation.compiled import compile_decode
 from lmforge.generation.config import GenerationConfig, hf_generation_keys
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
 from lmforge.generation.seq2seq import source_ids, stream_translations, translate_tokens
+from lmforge.models.heads import SequenceClassifier
 
 _DTYPES = {
     "float32": torch.float32,
@@ -22,6 +28,11 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+SUMMARY_INSTRUCTION = "Summarize the following text in one or two sentences."
+# greedy, no trigram said twice, bounded length: what summarisation pipelines default to
+SUMMARY_OPTIONS = {"max_new_tokens": 80, "no_repeat_ngram_size": 3}
 
 
 class LM:
@@ -71,6 +82,93 @@ class LM:
         """Whether the model translates a source (an encoder-decoder) rather than continues text."""
         return bool(getattr(self.model, "encoder_decoder", False))
 
+    @property
+    def classifier(self) -> bool:
+        """Whether the model is a trained sequence classifier (it labels texts, it does not
+        generate)."""
+        return isinstance(self.model, SequenceClassifier)
+
+    def _generates(self) -> None:
+        if self.classifier:
+            raise ConfigError(
+                f"{self.source} is a sequence classifier (labels {self.model.labels}); it labels "
+                "texts with classify() and does not generate"
+            )
+
+    def classify(
+        self,
+        texts: str | list[str],
+        labels: list[str] | None = None,
+        examples: list[tuple[str, str]] | None = None,
+        batch_size: int = 32,
+    ) -> Classification | list[Classification]:
+        """Label one text (a Classification: `.label`, `.score`, `.scores`) or a list of texts.
+
+        A trained classifier uses its head and labels. A language model classifies zero-shot by
+        the likelihood of each of `labels` as the answer (few-shot with `examples`, (text, label)
+        pairs shown first; through the chat template where the model has one)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items:
+            raise ConfigError("texts is an empty list; give at least one text")
+        if self.classifier:
+            if labels is not None and list(labels) != self.model.labels:
+                raise ConfigError(
+                    f"labels={labels}: this classifier was trained for {self.model.labels}"
+                )
+            results = classify_with_head(self.model, self.tokenizer, items, batch_size)
+        elif self.encoder_decoder:
+            raise ConfigError(f"{self.source} is a translation model; it cannot classify")
+        elif labels is None:
+            raise ConfigError(
+                "labels=[...] is needed: a language model classifies zero-shot among given "
+                "labels (or train a classifier: lmforge classify train)"
+            )
+        else:
+            results = classify_by_likelihood(
+                self.model, self.tokenizer, items, labels, examples or (), batch_size
+            )
+        return results[0] if single else results
+
+    def summarize(
+        self,
+        texts: str | list[str],
+        instruction: str = SUMMARY_INSTRUCTION,
+        batch_size: int = 8,
+        **options,
+    ) -> Completion | list[Completion]:
+        """Summarise one text (a Completion; `.text` is the summary) or a list of texts.
+
+        An encoder-decoder maps each text to its summary; a model with a chat template is asked
+        through it (`instruction`, then the text); any other model continues "TEXT\n\nSummary:"
+        up to a line break. Defaults suit summaries (`SUMMARY_OPTIONS`: greedy, no repeated
+        trigram, at most 80 new tokens); options are GenerationConfig's and override them."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items or not all(isinstance(t, str) and t.strip() for t in items):
+            raise ConfigError("texts must be a non-empty text or a list of non-empty texts")
+        options = {**SUMMARY_OPTIONS, **options}
+        if self.encoder_decoder:
+            results = self.translate(items, batch_size=batch_size, truncate=True, **options)
+            return results[0] if single else results
+        self._generates()
+        if not self.tokenizer.chat_template:
+            options.setdefault("stop", ["\n"])
+        prompts = [self.summary_prompt(text, instruction) for text in items]
+        results = []
+        for start in range(0, len(prompts), batch_size):
+            done = self.generate(prompts[start : start + batch_size], **options)
+            results += done if isinstance(done, list) else [done]
+        for result in results:
+            result.text = result.text.strip()
+        return results[0] if single else results
+
+    def summary_prompt(self, text: str, instruction: str = SUMMARY_INSTRUCTION) -> list[int]:
+        """The prompt `summarize` continues: the chat template's where there is one."""
+        if self.tokenizer.chat_template:
+            return self.chat_prompt([{"role": "user", "content": f"{instruction}\n\n{text}"}])
+        return self.encode(f"{text.strip()}\n\nSummary:")
+
     def translate(
         self, texts: str | list[str], batch_size: int = 64, truncate: bool = False, **options
     ) -> Completion | list[Completion] | list[list[Completion]]:
@@ -79,6 +177,7 @@ class LM:
         Texts are translated `batch_size` at a time, longest first; an empty text gives an empty
         translation; a text longer than the model reads is an error unless `truncate`.
         Options are GenerationConfig's (num_beams, sampling, stop, max_new_tokens, ...)."""
+        self._generates()
         if not self.encoder_decoder:
             raise ConfigError(
                 f"{self.source} is a decoder-only language model; translate() needs an "
@@ -123,6 +222,7 @@ class LM:
 
         Options are GenerationConfig's, plus `draft_model` (a smaller LM with the same tokenizer)
         for speculative greedy decoding; `prompt_lookup_num_tokens=N` speculates with no model."""
+        self._generates()
         if self.encoder_decoder:
             _no_draft(options.pop("draft_model", None))
             if not (isinstance(prompts, str) or all(isinstance(p, str) for p in prompts)):
@@ -143,6 +243,7 @@ class LM:
     def stream(self, prompts: str | list[str] | list[int], **options) -> Iterator[StreamEvent]:
         """Yield one event per generated token, with the text it adds (UTF-8 safe). For an
         encoder-decoder the prompts are sources, and the events are their translations'."""
+        self._generates()
         draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         if self.encoder_decoder:
@@ -162,6 +263,7 @@ class LM:
 
     def chat(self, messages: list[dict[str, Any]], stream: bool = False, **options):
         """Reply to a conversation (list of {"role", "content"}) using the model's chat template."""
+        self._generates()
         if self.encoder_decoder:
             raise ConfigError(
                 f"{self.source} is an encoder-decoder (translation) model; it has no chat "
@@ -236,3 +338,30 @@ def load(
     return LM(
         checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults
     )
+
+
+def finetune(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    task: str = "sft",
+    lora: bool = True,
+    **settings,
+) -> LM:
+    """Fine-tune a pretrained `model` on `data` into the run directory `out`, and load the result.
+
+    task: "sft" (JSONL conversations or prompt/completion rows; the loss on the assistant's
+    tokens), "classification" (labelled CSV/TSV/JSONL; a classifier head on the model) or "lm"
+    (plain text). lora: train rank-8 adapters (`lora_rank=` to change) rather than every weight.
+    Other settings are `TrainConfig`'s, over the fine-tuning defaults (`finetune_defaults`)."""
+    from lmforge.training import TrainConfig, train
+    from lmforge.training.config import finetune_defaults
+
+    values = {**finetune_defaults(lora), **settings}
+    if lora:
+        values.setdefault("lora_rank", 8)
+    config = TrainConfig(
+        task=task, data=str(data), init_from=str(model), tokenizer=str(model), **values
+    )
+    train(config, out)
+    return load(out)

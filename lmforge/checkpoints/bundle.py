@@ -3,7 +3,8 @@ loads: `config.json`, `model.safetensors`, `tokenizer.json` (+ its config) and
 `generation_config.json`.
 
 A GPT in the GPT-2 or Llama layout is written as a genuine Hugging Face checkpoint (their config
-keys and weight names), so `AutoModelForCausalLM.from_pretrained(bundle)` gives the same logits;
+keys and weight names), so `AutoModelForCausalLM.from_pretrained(bundle)` gives the same logits
+(a classifier on one: `AutoModelForSequenceClassification`, see `classifier`);
 a post-norm Transformer encoder-decoder is written as a Marian one (`MarianMTModel`).
 Other models (RNN, nn.Transformer LM, GPTs mixing the two families) keep our names and a
 `model_type` of "lmforge-...". Every file is written to a temporary name and renamed into place.
@@ -22,10 +23,12 @@ import torch
 from torch import nn
 
 from lmforge.checkpoints import marian
+from lmforge.checkpoints.classifier import classifier_files
 from lmforge.checkpoints.hf import hf_config, hf_family, hf_tensors, read_hf_weights
 from lmforge.checkpoints.marian import marian_config, marian_generation_config, marian_tensors
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.gpt import GPT
+from lmforge.models.heads import SequenceClassifier
 from lmforge.models.presets import MODEL_TYPES, model_type
 from lmforge.models.quantized import quantized_mode
 from lmforge.tokenizers import Tokenizer
@@ -55,7 +58,9 @@ def save_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     family = hf_family(model.config) if isinstance(model, GPT) else None
     tokenizer_extra: dict[str, Any] = {}
-    if family is not None:
+    if isinstance(model, SequenceClassifier):
+        config, tensors = classifier_files(model, tokenizer)
+    elif family is not None:
         config = hf_config(model.config, family, tokenizer)
         tensors = hf_tensors(model, family)
     elif marian.can_write(model):

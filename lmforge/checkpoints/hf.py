@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPT, GPTConfig
-from lmforge.models.quantized import head_reads_embedding
+from lmforge.models.quantized import head_reads_embedding, prepare_quantized, retie
 from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
 
@@ -190,6 +191,41 @@ def load_state_dict_into(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}"
             )
     model.load_state_dict(tensors, strict=not tied, assign=True)
+
+
+def build_gpt(
+    config,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    saved_quantize: str = "none",
+    group_size: int = 32,
+) -> GPT:
+    """Build the model on the meta device and adopt the loaded tensors as its parameters (no copy).
+
+    saved_quantize: the mode `tensors` were saved in (a quantised cache entry), so the model gets
+    matching empty quantised layers before it adopts them."""
+    with torch.device("meta"), _SkipInit():
+        model = GPT(config)
+    prepare_quantized(model, saved_quantize, group_size)
+    if any(".attn.q." in name or ".mlp.gate." in name for name in tensors):
+        tensors = fuse_projections(tensors, config.n_layer)
+    load_state_dict_into(model, tensors, source)
+    if config.tie_embeddings:
+        retie(model)
+    if config.position == "rope":
+        model.inv_freq = model.rope_frequencies()
+    return model.eval()
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skip the random initialisation layers run when built, in this scope only: loaded weights
+    replace it anyway, and `torch.nn.init` on the meta device imports torch's compiler stack
+    (about a second of start-up)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

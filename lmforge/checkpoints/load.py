@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from lmforge.checkpoints import cache
 from lmforge.checkpoints.adapters import ADAPTER_CONFIG, apply_adapter, read_adapter_settings
 from lmforge.checkpoints.bundle import load_lmforge_model
+from lmforge.checkpoints.classifier import classifier_from_files, is_classifier
 from lmforge.checkpoints.gguf import (
     GGUFFile,
     config_from_gguf,
@@ -19,9 +19,8 @@ from lmforge.checkpoints.gguf import (
     weights_from_gguf,
 )
 from lmforge.checkpoints.hf import (
+    build_gpt,
     config_from_hf,
-    fuse_projections,
-    load_state_dict_into,
     read_hf_config,
     read_hf_weights,
     rename_hf_tensors,
@@ -30,7 +29,7 @@ from lmforge.checkpoints.marian import model_from_marian
 from lmforge.checkpoints.resolve import resolve
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPT
-from lmforge.models.quantized import check_mode, prepare_quantized, quantize_model, retie
+from lmforge.models.quantized import check_mode, quantize_model
 from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
 
@@ -77,41 +76,6 @@ def _starts_with(path: Path, magic: bytes) -> bool:
         return f.read(len(magic)) == magic
 
 
-def _build(
-    config,
-    tensors: dict[str, torch.Tensor],
-    source: str,
-    saved_quantize: str = "none",
-    group_size: int = 32,
-) -> GPT:
-    """Build the model on the meta device and adopt the loaded tensors as its parameters (no copy).
-
-    saved_quantize: the mode `tensors` were saved in (a quantised cache entry), so the model gets
-    matching empty quantised layers before it adopts them."""
-    with torch.device("meta"), _SkipInit():
-        model = GPT(config)
-    prepare_quantized(model, saved_quantize, group_size)
-    if any(".attn.q." in name or ".mlp.gate." in name for name in tensors):
-        tensors = fuse_projections(tensors, config.n_layer)
-    load_state_dict_into(model, tensors, source)
-    if config.tie_embeddings:
-        retie(model)
-    if config.position == "rope":
-        model.inv_freq = model.rope_frequencies()
-    return model.eval()
-
-
-class _SkipInit(TorchFunctionMode):
-    """Skip the random initialisation layers run when built, in this scope only: loaded weights
-    replace it anyway, and `torch.nn.init` on the meta device imports torch's compiler stack
-    (about a second of start-up)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **(kwargs or {}))
-
-
 def _finish(model: GPT, dtype: torch.dtype, quantize: str, group_size: int) -> GPT:
     """Quantise (or cast to `dtype` when not quantising) a float model."""
     if quantize == "none":
@@ -125,17 +89,17 @@ def _load_gguf(path: Path, dtype: torch.dtype, quantize: str, group_size: int) -
     cached = cache.load_converted(entry) if entry is not None else None
     if cached is not None:
         config, tensors, tokenizer = cached
-        model = _build(config, tensors, str(path), quantize, group_size)
+        model = build_gpt(config, tensors, str(path), quantize, group_size)
         return Checkpoint(model if quantize != "none" else model.to(dtype), tokenizer, path, {})
     float_entry = cache.entry_for(path, cache.variant("none", group_size))
     cached = cache.load_converted(float_entry) if float_entry not in (None, entry) else None
     if cached is not None:  # quantise from the cached float conversion: no GGUF parsing
         config, tensors, tokenizer = cached
-        model = _build(config, tensors, str(path))
+        model = build_gpt(config, tensors, str(path))
     else:
         file = GGUFFile(path)
         config = config_from_gguf(file)
-        model = _build(config, weights_from_gguf(file, config), str(path))
+        model = build_gpt(config, weights_from_gguf(file, config), str(path))
         tokenizer = tokenizer_from_gguf(file)
     model = _finish(model, torch.float32, quantize, group_size)
     if entry is not None:
@@ -151,6 +115,13 @@ def _load_hf_directory(
     generation = read_json(gen_path) if gen_path.exists() else {}
     if not isinstance(generation, dict):
         raise CheckpointError(f"{gen_path}: expected a JSON object of generation settings")
+    if is_classifier(hf_config):
+        if quantize != "none":
+            raise CheckpointError(f"{directory}: quantize={quantize!r} applies to GPT models only")
+        source = str(directory / "config.json")
+        model = classifier_from_files(hf_config, read_hf_weights(directory), source)
+        tokenizer = Tokenizer.from_hf_directory(directory, generation)
+        return Checkpoint(model.to(dtype), tokenizer, directory, generation)
     if str(hf_config.get("model_type", "")).startswith("lmforge-"):
         model = load_lmforge_model(hf_config, directory)
         if quantize != "none":
@@ -174,6 +145,6 @@ def _load_hf_directory(
         quantization=str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"),
     )
     tensors = rename_hf_tensors(config.extra["family"], read_hf_weights(directory), str(directory))
-    model = _finish(_build(config, tensors, str(directory)), dtype, quantize, group_size)
+    model = _finish(build_gpt(config, tensors, str(directory)), dtype, quantize, group_size)
     tokenizer = Tokenizer.from_hf_directory(directory, generation)
     return Checkpoint(model, tokenizer, directory, generation)

@@ -9,16 +9,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli import bench, embed, evaluate, generate, models, serve, train, translate
+from lmforge.cli import (
+    bench,
+    classify,
+    embed,
+    evaluate,
+    generate,
+    models,
+    serve,
+    summarize,
+    train,
+    translate,
+)
 from lmforge.errors import LMForgeError
 
 VERBS = (
     generate,
     translate,
+    summarize,
     models,
     serve,
     embed,
     train,
+    classify,
     evaluate,
     bench,
 )  # in the order --help lists them

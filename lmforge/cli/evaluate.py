@@ -28,6 +28,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import lmforge
     from lmforge.evaluation.perplexity import score_corpus
 
+    if args.task == "classification":
+        from lmforge.cli.classify import cmd_eval as classification_eval
+
+        return classification_eval(args)
+    if args.task == "summarization":
+        from lmforge.cli.summarize import summarization_report
+
+        if args.data is None:
+            raise ConfigError("--data is needed: a JSONL file of texts and reference summaries")
+        return _print(summarization_report(args), args.json)
     if (args.data is None) == (args.source is None):
         raise ConfigError("give --data (perplexity) or --source with --reference (BLEU)")
     lm = lmforge.load(args.model)
@@ -152,6 +162,14 @@ def add_parsers(verbs) -> None:
         "of a translation model",
     )
     ev.add_argument("--model", "-m", required=True)
+    ev.add_argument(
+        "--task",
+        choices=["lm", "classification", "summarization"],
+        default="lm",
+        help="[lm]: perplexity (or BLEU with --source); classification: accuracy, macro-F1 "
+        "and the confusion matrix of labelled --data (as `lmforge classify eval`); "
+        "summarization: ROUGE-1/2/L/Lsum (stemmed) of summaries of the JSONL --data's --field",
+    )
     ev.add_argument("--data", help="text file, directory, glob, .jsonl or 'shakespeare'")
     ev.add_argument("--source", help="translation: sentences to translate, one a line")
     ev.add_argument("--reference", help="translation: their reference translations")
@@ -168,6 +186,18 @@ def add_parsers(verbs) -> None:
     ev.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
     ev.add_argument("--context", type=int, default=None, help="window (default: the model's)")
     ev.add_argument("--stride", type=int, default=None, help="window step (default: the context)")
+    ev.add_argument("--text-column", help="classification: [the column besides the label's]")
+    ev.add_argument("--label-column", default="label", help="classification: [label]")
+    ev.add_argument("--labels", nargs="+", help="classification: zero-shot labels (A,B)")
+    ev.add_argument("--batch-size", type=int, default=32, help="classification: texts at once")
+    ev.add_argument("--confusion", type=Path, help="classification: confusion matrix PNG here")
+    ev.add_argument(
+        "--reference-field",
+        nargs="+",
+        default=["summary"],
+        help="summarization: the reference summary field(s) [summary]",
+    )
+    ev.add_argument("--limit", type=int, default=None, help="summarization: the first N rows")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
 

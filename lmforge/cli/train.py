@@ -75,6 +75,8 @@ def _report(result, config) -> None:
     parts.append(f"{result.ms_per_step:.1f} ms/step")
     print("; ".join(parts))
     verb = "translate" if config.arch.startswith("seq2seq") else "generate"
+    if config.task == "classification":
+        verb = "classify predict"
     print(f"run written to {result.out}; try: lmforge {verb} --model {result.out}")
 
 
@@ -102,16 +104,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.merge and not args.lora:
         raise ConfigError("--merge applies to --lora fine-tuning (full fine-tuning has no adapter)")
     given = set(_settings(args, **fixed)) - {"lora_rank", "merge_lora", "arch", "tokenizer"}
-    for name, value in (
-        ("block_size", 256),
-        ("batch_size", 4),
-        ("steps", 100),
-        ("warmup", 10),
-        ("eval_interval", 50),
-        ("lr", 2e-4 if args.lora else 5e-5),
-        ("min_lr", 0.0),
-        ("weight_decay", 0.0),
-    ):
+    from lmforge.training.config import finetune_defaults
+
+    for name, value in finetune_defaults(args.lora).items():
         if not hasattr(args, name):
             setattr(args, name, value)
     config = _config(args, **fixed)

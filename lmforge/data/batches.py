@@ -106,3 +106,60 @@ def eval_chunks(tokens: np.ndarray, block_size: int, batch_size: int):
     for start in range(0, length - 1, block_size):
         end = min(start + block_size, length - 1)
         yield data[:, start:end], data[:, start + 1 : end + 1], start == 0
+
+
+class LengthBuckets:
+    """Which rows form each batch when rows are whole texts of different lengths: the rows sorted
+    by length and cut into batches of `batch_size` (little padding), the batches shuffled every
+    epoch. Knows where it is (`state_dict`), so a resumed run sees the batches it would have."""
+
+    stateful = False
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        if not lengths:
+            raise ConfigError("no rows to batch")
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.position = 0, 0
+        self.order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        return torch.randperm(len(self.batches), generator=self.generator).tolist()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def next_rows(self) -> tuple[list[int], bool]:
+        """The next batch's rows, and whether it starts a new epoch."""
+        new_epoch = self.position == 0
+        rows = self.batches[self.order[self.position]]
+        self.position += 1
+        if self.position == len(self.order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self.order = self._shuffle()
+        return rows, new_epoch
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "position": self.position,
+            "order": self.order,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (rows, longest) and the mask of real tokens."""
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask

@@ -18,7 +18,8 @@ import torch
 from lmforge.errors import ConfigError
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
+    """A UTF-8 text file opened for reading (gzip when it ends in .gz); missing: a ConfigError."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     if path.suffix == ".gz":
@@ -28,7 +29,7 @@ def _open_text(path: Path):
 
 def _lines(path: Path) -> Iterator[str]:
     try:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             for line in handle:
                 yield line.rstrip("\r\n")
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:

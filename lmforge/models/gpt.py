@@ -266,6 +266,19 @@ class GPT(nn.Module):
         """
         if trace is not None and (cache is not None or mask is not None):
             raise ConfigError("trace= works on whole unpadded sequences, without a cache")
+        x = self._blocks(input_ids, cache, positions, mask, trace)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x)), cache
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (batch, seq, d_model) of whole sequences, after the final norm:
+        what the output head reads, and what a task head reads instead. Causal attention keeps
+        right padding from changing the states of the real tokens before it."""
+        return self.norm(self._blocks(input_ids))
+
+    def _blocks(self, input_ids, cache=None, positions=None, mask=None, trace=None):
+        """The residual stream after the last block, writing keys and values into `cache`."""
         seq = input_ids.shape[1]
         start = 0 if cache is None else cache.reserve(seq, mask)
         consecutive = positions is None
@@ -276,9 +289,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache, start, attn_mask, trace)
             if trace is not None:
                 trace.hidden_states.append(x)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x)), cache
+        return x
 
     def positions_for(
         self, input_ids: torch.Tensor, start: int, positions: torch.Tensor | None

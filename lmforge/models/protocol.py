@@ -9,6 +9,10 @@ state from one chunk of text to the next (`stateful`), what `trace` can show of 
 (`trace_views`), and whether its cache has slots that fill up (`bounded`), can forget its newest
 tokens (`rewindable`) and can drop rows that finished (`prunable`). `tests/test_protocol.py` runs every model type through all of it.
 
+A task head reads a model's states instead of its logits: GPT, RNN and nn.Transformer LMs offer
+`model.hidden(input_ids) -> (batch, seq, width)`, the states their output layer reads
+(`lmforge.models.heads`).
+
 An encoder-decoder adds one step in front: `model.decoder(model.encode(source, mask))` is a
 language model of the target bound to those sources (`EncoderDecoder`).
 """

@@ -167,6 +167,15 @@ class RNNLM(nn.Module):
             out = out[:, -1:]
         return self.lm_head(self.drop(out)), cache
 
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden states (batch, seq, hidden_size) of whole sequences from a zero
+        state: what the output head reads, and what a task head reads instead. A recurrence runs
+        left to right, so right padding never reaches the real tokens' states."""
+        out, _ = self.rnn(
+            self.drop(self.embed(input_ids)), self.new_cache(input_ids.shape[0]).hidden
+        )
+        return out
+
     def _masked_steps(self, x: torch.Tensor, cache: RNNState, mask: torch.Tensor) -> torch.Tensor:
         outputs = []
         for t in range(x.shape[1]):

@@ -151,7 +151,16 @@ class TransformerLM(nn.Module):
             logits = logits[:, -min(new, logits.shape[1]) :]
         return (logits[:, -1:] if last_only else logits), cache
 
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last layer's states (batch, seq, d_model) of whole sequences (after the final norm
+        where there is one): what the output head reads, and what a task head reads instead.
+        Causal attention keeps right padding from changing the real tokens' states."""
+        return self._states(input_ids, torch.ones_like(input_ids, dtype=torch.bool))
+
     def _run(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self._states(tokens, valid))
+
+    def _states(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         batch, seq = tokens.shape
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         x = self.embed(tokens) * math.sqrt(self.config.d_model)
@@ -165,7 +174,7 @@ class TransformerLM(nn.Module):
             blocked = blocked & ~torch.eye(seq, dtype=torch.bool, device=tokens.device)[None]
             heads = blocked.repeat_interleave(self.config.n_head, dim=0)
             out = self.encoder(x, mask=heads)
-        return self.lm_head(out)
+        return out
 
     @torch.inference_mode()
     def trace(self, input_ids: torch.Tensor) -> Trace:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from lmforge.training.classification import ClassificationTrainer
 from lmforge.training.config import SEQ2SEQ_ARCHS, TrainConfig
+from lmforge.training.sft import SFTTrainer
 from lmforge.training.trainer import Trainer, TrainResult
 from lmforge.training.translation import TranslationTrainer
 
@@ -23,8 +25,22 @@ def train(
 
     A resumed run continues with the settings it was started with; `changes` names the settings
     of `config` to apply over them (None: every one that differs; the CLI passes the flags given)."""
-    trainer = TranslationTrainer if config.arch in SEQ2SEQ_ARCHS else Trainer
+    trainer = Trainer
+    if config.arch in SEQ2SEQ_ARCHS:
+        trainer = TranslationTrainer
+    elif config.task == "classification":
+        trainer = ClassificationTrainer
+    elif config.task == "sft":
+        trainer = SFTTrainer
     return trainer(config, out, resume, on_step, changes).run()
 
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TranslationTrainer", "train"]
+__all__ = [
+    "ClassificationTrainer",
+    "TrainConfig",
+    "TrainResult",
+    "SFTTrainer",
+    "Trainer",
+    "TranslationTrainer",
+    "train",
+]

@@ -4,6 +4,7 @@ word vectors) and its optimizer."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -11,7 +12,6 @@ from tokenizers import AddedToken, processors
 from torch import nn
 
 from lmforge.checkpoints import load_checkpoint
-from lmforge.data.corpus import Corpus
 from lmforge.embeddings.vectors import KeyedVectors, load_into_embedding
 from lmforge.errors import ConfigError
 from lmforge.models.lora import apply_lora
@@ -48,8 +48,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     )
 
 
-def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
-    """Train the configured tokenizer on the training text, or take a pretrained model's."""
+def build_tokenizer(config: TrainConfig, texts: Iterable[str]) -> Tokenizer:
+    """Train the configured tokenizer on the training `texts`, or take a pretrained model's."""
     if config.init_from:
         if config.tokenizer not in ("char", config.init_from):
             raise ConfigError(
@@ -68,7 +68,7 @@ def build_tokenizer(config: TrainConfig, corpus: Corpus) -> Tokenizer:
             options = dict(byte_fallback=config.byte_fallback)
         elif config.tokenizer == "bpe":
             options = dict(vocab_size=config.vocab_size)
-        return train_tokenizer(config.tokenizer, corpus.texts(), **options)
+        return train_tokenizer(config.tokenizer, texts, **options)
     return load_checkpoint(config.tokenizer).tokenizer
 
 

@@ -28,6 +28,22 @@ KIND_DEFAULTS = {
     "epochs": (None, 11),
 }
 
+
+def finetune_defaults(lora: bool) -> dict[str, Any]:
+    """Settings a fine-tuning run starts from (`lmforge finetune`, `lmforge.finetune`): short,
+    gentle runs, a higher rate for LoRA's adapters than for every weight."""
+    return dict(
+        block_size=256,
+        batch_size=4,
+        steps=100,
+        warmup=10,
+        eval_interval=50,
+        lr=2e-4 if lora else 5e-5,
+        min_lr=0.0,
+        weight_decay=0.0,
+    )
+
+
 # What a run is: its data, tokenizer and model. A resumed run may change anything else.
 RUN_DEFINING = frozenset(
     [
@@ -46,6 +62,11 @@ RUN_DEFINING = frozenset(
         "max_vocab",
         "val_fraction",
         "test_fraction",
+        "task",
+        "text_column",
+        "label_column",
+        "labels",
+        "pooling",
         "arch",
         "preset",
         "family",
@@ -95,6 +116,15 @@ class TrainConfig:
     batch_tokens: int = 4096  # source + target tokens in a batch, padding included
     truncate: bool = False  # cut pairs longer than block_size instead of leaving them out
     eval_bleu: int = 500  # validation sentences translated for BLEU at each evaluation (0: none)
+    # classification (task "classification"): `data` (and `val_data`) hold labelled rows
+    # lm | classification | sft (chat/instruction data, loss on the assistant's tokens);
+    # translation is arch seq2seq / seq2seq-gru
+    task: str = "lm"
+    text_column: str | None = None  # None: the one column besides the label's
+    label_column: str = "label"
+    labels: list[str] | None = None  # label names in order (None: the values found, sorted)
+    pooling: str = "last"  # the classifier reads the last real token's state, or the mean
+    class_weights: str = "none"  # none | balanced (weights inverse to class frequency)
     # the model (None: the architecture's default; see lmforge.models.presets)
     arch: str = "gpt"
     preset: str | None = None
@@ -147,8 +177,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         translation = self.arch in SEQ2SEQ_ARCHS
-        if self.block_size is None:
-            self.block_size = 128 if translation else 64
+        if self.block_size is None:  # classification, sft: the longest text kept, in tokens
+            self.block_size = {"classification": 128, "sft": 512}.get(
+                self.task, 128 if translation else 64
+            )
         if self.tokenizer is None:
             self.tokenizer = "bpe" if translation else "char"
         self._fill_defaults(translation)
@@ -214,6 +246,9 @@ class TrainConfig:
             "precision": ("fp32", "bf16"),
             "arch": ("rnn", "lstm", "gru", "transformer", "gpt", *SEQ2SEQ_ARCHS),
             "nonlinearity": ("tanh", "relu"),
+            "task": ("lm", "classification", "sft"),
+            "pooling": ("last", "mean"),
+            "class_weights": ("none", "balanced"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -230,6 +265,13 @@ class TrainConfig:
             )
         if self.epochs is not None and not translation:
             raise ConfigError("epochs is for translation runs; a language model trains for steps")
+        if self.task != "lm" and (translation or self.target is not None):
+            raise ConfigError(
+                f"task={self.task!r} works on a language model; arch={self.arch!r} and target "
+                "are for translation"
+            )
+        if self.task == "sft" and not self.init_from:
+            raise ConfigError("task='sft' fine-tunes a pretrained model: pass init_from (--model)")
         if translation:
             if self.init_from or self.lora_rank or self.embeddings:
                 raise ConfigError(

@@ -140,7 +140,7 @@ class Trainer:
         here: a corpus read in windows or, for recurrent models, in parallel streams)."""
         config = self.config
         self.corpus = Corpus(config.data, config.jsonl_field)
-        self.tokenizer = self._tokenizer(lambda: build_tokenizer(config, self.corpus))
+        self.tokenizer = self._tokenizer(lambda: build_tokenizer(config, self.corpus.texts()))
         tokens = tokenize_corpus(self.corpus, self.tokenizer)
         self.splits = split_tokens(tokens, config.val_fraction, config.test_fraction)
         self.model = build_model(config, self.tokenizer).to(self.dist.device)
