@@ -24,6 +24,7 @@ import argparse
 import csv
 import platform
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -99,37 +100,50 @@ def train_and_score(name: str, config: TrainConfig, out: Path, dev_texts, dev_la
     report(name, predicted, dev_labels, result.train_seconds, note)
 
 
-def lora(args, scratch: Path, train_file: Path, dev_file: Path, dev_texts, dev_labels) -> None:
+def smollm_lora(**settings) -> dict:
+    """SmolLM2 with rank-16 LoRA on every projection, bf16 autocast where the CPU is fast at it."""
     model = str(locate_known("smollm2-135m-instruct"))
-    settings = dict(
-        task="classification",
-        data=str(train_file),
-        val_fraction=0.02,
+    return dict(
         init_from=model,
         tokenizer=model,
         lora_rank=16,
         lora_alpha=32.0,
         lora_targets=["qkv", "out", "gate_up", "down"],
+        weight_decay=0.0,
+        precision="bf16" if bf16_matmul_is_fast() else "fp32",
+        **settings,
+    )
+
+
+def within(minutes: float, settings: dict, scratch: Path, evaluations: int) -> TrainConfig:
+    """A run of at most `minutes` of training (`max_minutes` stops it there, evaluating first),
+    its schedule spanning the steps that a timed probe of a dozen steps says fit."""
+    shutil.rmtree(scratch / "probe", ignore_errors=True)  # (a probe of an earlier run)
+    probe = train(TrainConfig(**settings, steps=12, eval_interval=10**6), scratch / "probe")
+    seconds = probe.ms_per_step / 1000
+    steps = int(minutes * 60 * 0.9 / seconds)  # (probe batches are a sample of the lengths)
+    print(f"# {seconds:.2f} s a step, so {steps} steps in {minutes} minutes", flush=True)
+    interval = max(steps // evaluations, 1)
+    return TrainConfig(**settings, steps=steps, eval_interval=interval, max_minutes=minutes)
+
+
+def lora(args, scratch: Path, train_file: Path, dev_texts, dev_labels) -> None:
+    settings = smollm_lora(
+        task="classification",
+        data=str(train_file),
+        val_fraction=0.02,
         batch_size=32,
         lr=1e-3,
         min_lr=1e-4,
         warmup=50,
-        weight_decay=0.0,
         block_size=64,
-        precision="bf16" if bf16_matmul_is_fast() else "fp32",
         log_interval=50,
     )
-    probe = train(TrainConfig(**settings, steps=8, eval_interval=10**6), scratch / "probe")
-    seconds = probe.median_ms_per_step / 1000
-    steps = int(args.minutes * 60 * 0.93 / seconds)  # the rest: evaluations
-    print(f"# LoRA: {seconds:.2f} s a step, so {steps} steps in {args.minutes} minutes")
-    config = TrainConfig(**settings, steps=steps, eval_interval=max(steps // 4, 1))
+    config = within(args.minutes, settings, scratch, evaluations=4)
     train_and_score("SmolLM2-135M + head, LoRA", config, scratch / "lora", dev_texts, dev_labels)
 
 
-def from_scratch(
-    args, scratch: Path, train_file: Path, dev_file: Path, train_texts, dev_texts, dev_labels
-) -> None:
+def from_scratch(args, scratch: Path, train_file: Path, train_texts, dev_texts, dev_labels) -> None:
     from lmforge.embeddings.train import train_word2vec
 
     started = time.perf_counter()
@@ -221,31 +235,19 @@ def dialogsum(args) -> None:
                 for r in dev
             )
         )
-        model = str(locate_known(name))
-        settings = dict(
+        settings = smollm_lora(
             task="sft",
             data=str(chats),
-            init_from=model,
-            tokenizer=model,
-            lora_rank=16,
-            lora_alpha=32.0,
-            lora_targets=["qkv", "out", "gate_up", "down"],
             batch_size=8,
             lr=1e-3,
             min_lr=1e-4,
             warmup=10,
-            weight_decay=0.0,
             block_size=512,
             val_fraction=0.04,
             merge_lora=True,
-            precision="bf16" if bf16_matmul_is_fast() else "fp32",
             log_interval=10,
         )
-        probe = train(TrainConfig(**settings, steps=4, eval_interval=10**6), scratch / "probe")
-        seconds = probe.median_ms_per_step / 1000
-        steps = int(args.minutes * 60 * 0.95 / seconds)
-        print(f"# SFT: {seconds:.2f} s a step, so {steps} steps in {args.minutes} minutes")
-        config = TrainConfig(**settings, steps=steps, eval_interval=max(steps // 3, 1))
+        config = within(args.minutes, settings, scratch, evaluations=3)
         result = train(config, scratch / "sft")
         rouge_row(
             "SmolLM2 + SFT (LoRA) on dev",
@@ -309,7 +311,6 @@ def main() -> None:
         scratch = args.out or Path(temporary)
         scratch.mkdir(parents=True, exist_ok=True)
         train_file = write_split(scratch / "train.tsv", train_texts, train_labels)
-        dev_file = write_split(scratch / "dev.tsv", dev_texts, dev_labels)
         if "majority" in args.parts:
             majority(train_labels, dev_texts, dev_labels)
         if "zero-shot" in args.parts:
@@ -317,9 +318,9 @@ def main() -> None:
         if "few-shot" in args.parts:
             by_likelihood(8, train_texts, train_labels, dev_texts, dev_labels)
         if "lora" in args.parts:
-            lora(args, scratch, train_file, dev_file, dev_texts, dev_labels)
+            lora(args, scratch, train_file, dev_texts, dev_labels)
         if "scratch" in args.parts:
-            from_scratch(args, scratch, train_file, dev_file, train_texts, dev_texts, dev_labels)
+            from_scratch(args, scratch, train_file, train_texts, dev_texts, dev_labels)
     print("\nPublished: DistilBERT full fine-tune 91.3 (dev); Kim's CNN 88.1 (test split).")
 
 

@@ -123,6 +123,8 @@ def test_an_lstm_from_scratch_learns_the_planted_signal(lstm_run, sentiment):
     report = json.loads((out / "classification.json").read_text())
     assert report["labels"] == ["neg", "pos"] and report["accuracy"] >= 0.95
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_loss", "val_accuracy", "val_macro_f1"} <= set(header)
     lm = lmforge.load(out)
     assert lm.classifier
     result = lm.classify("the film was wonderful and the music long")

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import lmforge
+from lmforge.data.batches import pad_rows
 from lmforge.data.parallel import (
     ParallelText,
     TokenBatches,
     encode_pairs,
-    pad_rows,
     read_parallel,
 )
 from lmforge.device import bf16_matmul_is_fast

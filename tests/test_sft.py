@@ -78,7 +78,7 @@ def test_conversation_files_skip_unanswered_rows_and_refuse_bad_ones(tmp_path):
     data = read_conversations(path)
     assert len(data) == 2 and data.skipped == 1 and data.plain == [False, True]
     path.write_text(json.dumps({"text": "no conversation"}) + "\n")
-    with pytest.raises(ConfigError, match=r"line 1: expected \{\"messages\""):
+    with pytest.raises(ConfigError, match=r"chat.jsonl:1: expected \{\"messages\""):
         read_conversations(path)
 
 

@@ -512,3 +512,13 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting_it_back():
         faults[mode] = float(run.stdout.split()[-1])
     assert faults["default"] >= 32, faults  # the problem is there to solve
     assert faults["tuned"] <= 4, faults
+
+
+def test_a_time_budget_stops_the_run_after_an_evaluation_and_a_save(corpus, tmp_path):
+    result = train(small(corpus, arch="gpt", max_minutes=1e-6), tmp_path / "budget")
+    assert result.step == 1 and len(result.evaluations) == 1
+    assert lmforge.load(tmp_path / "budget").model is not None  # the model was saved
+    resumed = train(small(corpus, arch="gpt", steps=3), tmp_path / "budget", resume=True)
+    assert resumed.step == 3  # the resumed session has its own budget (none here)
+    with pytest.raises(ConfigError, match="max_minutes=0"):
+        small(corpus, max_minutes=0)

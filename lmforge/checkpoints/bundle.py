@@ -24,7 +24,13 @@ from torch import nn
 
 from lmforge.checkpoints import marian
 from lmforge.checkpoints.classifier import classifier_files
-from lmforge.checkpoints.hf import hf_config, hf_family, hf_tensors, read_hf_weights
+from lmforge.checkpoints.hf import (
+    hf_config,
+    hf_family,
+    hf_tensors,
+    load_saved_weights,
+    read_hf_weights,
+)
 from lmforge.checkpoints.marian import marian_config, marian_generation_config, marian_tensors
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.gpt import GPT
@@ -116,14 +122,6 @@ def load_lmforge_model(saved: dict[str, Any], directory: Path) -> nn.Module:
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{directory}/config.json: invalid lmforge_config ({exc})") from exc
     model = model_cls(config)
-    tensors = read_hf_weights(directory)
-    tied = getattr(config, "tie_embeddings", False)
-    expected = {k for k in model.state_dict() if not (tied and k == "lm_head.weight")}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory}: weights do not match config.json; missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(tensors, strict=not tied)
+    tied = "lm_head.weight" if getattr(config, "tie_embeddings", False) else None
+    load_saved_weights(model, read_hf_weights(directory), str(directory), tied)
     return model.eval()

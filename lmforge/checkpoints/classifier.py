@@ -21,6 +21,7 @@ from lmforge.checkpoints.hf import (
     hf_config,
     hf_family,
     hf_tensors,
+    load_saved_weights,
     rename_hf_tensors,
 )
 from lmforge.errors import CheckpointError
@@ -94,8 +95,8 @@ def classifier_from_files(
         config_cls, model_cls = MODEL_TYPES[kind]
         trunk = model_cls(config_cls.from_dict(settings["trunk"]))
         model = SequenceClassifier(trunk, settings["labels"], settings.get("pooling", "last"))
-        tied = getattr(trunk.config, "tie_embeddings", False)
-        _load(model, tensors, source, tied)
+        tied = "trunk.lm_head.weight" if getattr(trunk.config, "tie_embeddings", False) else None
+        load_saved_weights(model, tensors, source, tied)
         return model.eval()
     if saved.get("model_type") not in _HF_CLASSES:
         raise CheckpointError(
@@ -122,14 +123,3 @@ def classifier_from_files(
         )
     model.score.weight = nn.Parameter(score.to(model.score.weight.dtype))
     return model.eval()
-
-
-def _load(model: nn.Module, tensors: dict[str, torch.Tensor], source: str, tied: bool) -> None:
-    expected = {k for k in model.state_dict() if not (tied and k == "trunk.lm_head.weight")}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not match config.json; missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(tensors, strict=not tied)

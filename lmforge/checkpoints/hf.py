@@ -228,6 +228,21 @@ class _SkipInit(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def load_saved_weights(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, tied: str | None
+) -> None:
+    """Load a model saved under our own names, checking that the names match exactly; `tied`
+    names the output head stored as the embedding (absent from `tensors`)."""
+    expected = {k for k in model.state_dict() if k != tied}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match config.json; missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(tensors, strict=tied is None)
+
+
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of an HF checkpoint directory: safetensors (single or sharded) or pytorch_model.bin."""
     single = directory / "model.safetensors"

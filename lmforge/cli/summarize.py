@@ -14,18 +14,12 @@ from lmforge.errors import ConfigError
 
 def read_documents(path: str, field: str) -> list[dict]:
     """Rows of a JSONL file that hold the text in `field`."""
-    from lmforge.paths import read_lines
+    from lmforge.data.files import jsonl_objects
 
     rows = []
-    for number, line in enumerate(read_lines(path, "--data"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise ConfigError(f"{path}, line {number}: no text field {field!r}")
+    for number, row in jsonl_objects(Path(path)):
+        if not isinstance(row.get(field), str):
+            raise ConfigError(f"{path}:{number}: no text field {field!r}")
         rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: no rows")

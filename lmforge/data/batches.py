@@ -108,18 +108,16 @@ def eval_chunks(tokens: np.ndarray, block_size: int, batch_size: int):
         yield data[:, start:end], data[:, start + 1 : end + 1], start == 0
 
 
-class LengthBuckets:
-    """Which rows form each batch when rows are whole texts of different lengths: the rows sorted
-    by length and cut into batches of `batch_size` (little padding), the batches shuffled every
-    epoch. Knows where it is (`state_dict`), so a resumed run sees the batches it would have."""
+class ShuffledBatches:
+    """Batches fixed once (lists of row indexes), taken in a new random order every epoch. Knows
+    where it is (`state_dict`), so a resumed run sees exactly the batches it would have seen."""
 
     stateful = False
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        if not lengths:
+    def __init__(self, batches: list[list[int]], seed: int):
+        if not batches or not batches[0]:
             raise ConfigError("no rows to batch")
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.batches = batches
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.position = 0, 0
         self.order = self._shuffle()
@@ -146,16 +144,29 @@ class LengthBuckets:
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "position": self.position,
-            "order": self.order,
+            "order": list(self.order),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.epoch, self.position, self.order = state["epoch"], state["position"], state["order"]
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.order = list(state["order"])
 
 
-def pad_right(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids (rows, longest) and the mask of real tokens."""
+class LengthBuckets(ShuffledBatches):
+    """Rows that are whole texts of different lengths, sorted by length and cut into batches of
+    `batch_size` (little padding), the batches shuffled every epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        super().__init__(
+            [order[i : i + batch_size] for i in range(0, len(order), batch_size)], seed
+        )
+
+
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (rows, longest) of token lists of different lengths, and the mask of
+    real tokens."""
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.bool)

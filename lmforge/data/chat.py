@@ -16,15 +16,14 @@ A conversation whose last turn is not the assistant's is skipped and counted (no
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmforge.data.batches import LengthBuckets, pad_right
-from lmforge.data.parallel import open_text
+from lmforge.data.batches import LengthBuckets, pad_rows
+from lmforge.data.files import jsonl_objects
 from lmforge.errors import ConfigError
 
 IGNORE = -100  # cross-entropy's ignore_index: targets that add nothing to the loss
@@ -47,48 +46,36 @@ def read_conversations(path: str | Path) -> Conversations:
     """Read a JSONL file of `messages` or `prompt`/`completion` rows."""
     path = Path(path)
     items, plain, skipped = [], [], 0
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from None
-            if isinstance(row, dict) and "messages" in row:
-                messages = row["messages"]
-                if not isinstance(messages, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
-                    for m in messages
-                ):
-                    raise ConfigError(
-                        f"{path}, line {number}: messages must be a list of "
-                        '{"role": ..., "content": "..."}'
-                    )
-                if not messages or messages[-1]["role"] != "assistant":
-                    skipped += 1
-                    continue
-                items.append(messages)
-                plain.append(False)
-            elif isinstance(row, dict) and {"prompt", "completion"} <= set(row):
-                prompt, completion = row["prompt"], row["completion"]
-                if not (isinstance(prompt, str) and isinstance(completion, str) and completion):
-                    raise ConfigError(
-                        f"{path}, line {number}: prompt and completion must be strings, the "
-                        "completion not empty"
-                    )
-                items.append(
-                    [
-                        {"role": "user", "content": prompt},
-                        {"role": "assistant", "content": completion},
-                    ]
-                )
-                plain.append(True)
-            else:
+    for number, row in jsonl_objects(path):
+        if "messages" in row:
+            messages = row["messages"]
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
+                for m in messages
+            ):
                 raise ConfigError(
-                    f'{path}, line {number}: expected {{"messages": [...]}} or '
-                    '{"prompt": ..., "completion": ...}'
+                    f'{path}:{number}: messages must be a list of {{"role": ..., "content": "..."}}'
                 )
+            if not messages or messages[-1]["role"] != "assistant":
+                skipped += 1
+                continue
+            items.append(messages)
+            plain.append(False)
+        elif {"prompt", "completion"} <= set(row):
+            prompt, completion = row["prompt"], row["completion"]
+            if not (isinstance(prompt, str) and isinstance(completion, str) and completion):
+                raise ConfigError(
+                    f"{path}:{number}: prompt and completion must be strings, the completion "
+                    "not empty"
+                )
+            user = {"role": "user", "content": prompt}
+            items.append([user, {"role": "assistant", "content": completion}])
+            plain.append(True)
+        else:
+            raise ConfigError(
+                f'{path}:{number}: expected {{"messages": [...]}} or '
+                '{"prompt": ..., "completion": ...}'
+            )
     if not items:
         raise ConfigError(f"{path}: no conversation ending in an assistant turn")
     return Conversations(items, skipped, plain)
@@ -166,6 +153,6 @@ class ExampleBatches(LengthBuckets):
 
 def example_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) for `examples`, right-padded; padding targets are IGNORE."""
-    inputs, _ = pad_right([e.ids[:-1] for e in examples], pad_id)
-    targets, _ = pad_right([targets_of(e) for e in examples], IGNORE)
+    inputs, _ = pad_rows([e.ids[:-1] for e in examples], pad_id)
+    targets, _ = pad_rows([targets_of(e) for e in examples], IGNORE)
     return inputs, targets

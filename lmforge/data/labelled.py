@@ -10,14 +10,13 @@ class is an error that names the file and the row.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lmforge.data.batches import LengthBuckets, pad_right
-from lmforge.data.parallel import open_text
+from lmforge.data.batches import LengthBuckets, pad_rows
+from lmforge.data.files import jsonl_objects, open_text
 from lmforge.errors import ConfigError
 
 
@@ -37,29 +36,14 @@ def _rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """(columns, [(row number as a person counts it, the row)])."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
+    if kind in (".jsonl", ".json"):
+        rows = list(jsonl_objects(path))
+        return sorted({k for _, row in rows for k in row}), rows
+    if kind not in (".csv", ".tsv"):
+        raise ConfigError(f"{path}: expected a .csv or .tsv file with a header row, or .jsonl")
     try:
         with open_text(path) as handle:
-            if kind in (".jsonl", ".json"):
-                rows = []
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path}, line {number}: not JSON ({exc})") from None
-                    if not isinstance(row, dict):
-                        raise ConfigError(f"{path}, line {number}: expected a JSON object")
-                    rows.append((number, row))
-                columns = sorted({k for _, row in rows for k in row})
-                return columns, rows
-            if kind not in (".csv", ".tsv"):
-                raise ConfigError(
-                    f"{path}: expected a .csv or .tsv file with a header row, or .jsonl"
-                )
-            reader = csv.DictReader(
-                handle, delimiter="\t" if kind == ".tsv" else ",", quoting=csv.QUOTE_MINIMAL
-            )
+            reader = csv.DictReader(handle, delimiter="\t" if kind == ".tsv" else ",")
             columns = list(reader.fieldnames or [])
             # the header is line 1, so the first record is line 2
             return columns, [(number, row) for number, row in enumerate(reader, 2)]
@@ -82,7 +66,7 @@ def read_labelled(
     require_labels: bool = True,
 ) -> LabelledText:
     """Texts and labels from `path`. `text_column` None: the one column that is not the label's.
-    `require_labels=False` reads texts alone where the file has no label column (prediction)."""
+    `require_labels=False` reads the texts alone (prediction), whether or not there are labels."""
     path = Path(path)
     columns, rows = _rows(path)
     if not rows:
@@ -95,7 +79,7 @@ def read_labelled(
                 "(--text-column)"
             )
         text_column = others[0]
-    has_labels = label_column in columns
+    has_labels = require_labels and label_column in columns
     for name, present, needed in (
         (text_column, text_column in columns, True),
         (label_column, has_labels, require_labels),
@@ -159,5 +143,5 @@ class LabelBatches(LengthBuckets):
     def next(self) -> tuple[LabelBatch, bool]:
         """The next batch, and whether it starts a new epoch."""
         rows, new_epoch = self.next_rows()
-        ids, mask = pad_right([self.ids[i] for i in rows], self.pad_id)
+        ids, mask = pad_rows([self.ids[i] for i in rows], self.pad_id)
         return LabelBatch(ids, mask, torch.tensor([self.labels[i] for i in rows])), new_epoch

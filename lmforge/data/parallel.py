@@ -7,33 +7,15 @@ trained on; files of different lengths are an error that names the first line wi
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmforge.data.batches import ShuffledBatches, pad_rows
+from lmforge.data.files import jsonl_objects, text_lines
 from lmforge.errors import ConfigError
-
-
-def open_text(path: Path):
-    """A UTF-8 text file opened for reading (gzip when it ends in .gz); missing: a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return path.open(encoding="utf-8", newline="\n")
-
-
-def _lines(path: Path) -> Iterator[str]:
-    try:
-        with open_text(path) as handle:
-            for line in handle:
-                yield line.rstrip("\r\n")
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
-        raise ConfigError(f"{path}: not readable UTF-8 text ({exc})") from None
 
 
 @dataclass
@@ -49,7 +31,7 @@ class ParallelText:
 
 
 def _pairs_of_files(source: Path, target: Path) -> Iterator[tuple[int, str, str]]:
-    sources, targets = _lines(source), _lines(target)
+    sources, targets = text_lines(source), text_lines(target)
     number = 0
     while True:
         src, tgt = next(sources, None), next(targets, None)
@@ -66,7 +48,7 @@ def _pairs_of_files(source: Path, target: Path) -> Iterator[tuple[int, str, str]
 
 
 def _pairs_of_tsv(path: Path) -> Iterator[tuple[int, str, str]]:
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(text_lines(path), start=1):
         if not line.strip():
             yield number, "", ""
             continue
@@ -80,14 +62,8 @@ def _pairs_of_tsv(path: Path) -> Iterator[tuple[int, str, str]]:
 
 
 def _pairs_of_jsonl(path: Path, fields: tuple[str, str]) -> Iterator[tuple[int, str, str]]:
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-        if not isinstance(record, dict) or any(f not in record for f in fields):
+    for number, record in jsonl_objects(path):
+        if any(f not in record for f in fields):
             raise ConfigError(
                 f"{path}:{number}: expected a JSON object with the fields {list(fields)}"
             )
@@ -168,17 +144,6 @@ def encode_pairs(
     return pairs, dropped
 
 
-def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (tokens, mask) of token lists of different lengths."""
-    length = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
-    return tokens, mask
-
-
 @dataclass
 class PairBatch:
     """A batch of pairs: the padded sources, the decoder's inputs (start token, then the target)
@@ -212,12 +177,10 @@ def make_batch(
     return PairBatch(source, source_mask, target_in, target_out, target_mask)
 
 
-class TokenBatches:
+class TokenBatches(ShuffledBatches):
     """Batches of about `batch_tokens` source+target tokens: pairs sorted by length into buckets
     (little padding), the batches shuffled each epoch (fairseq's and Marian's scheme). Knows where
     it is (`state_dict`), so a resumed run sees exactly the batches it would have seen."""
-
-    stateful = False
 
     def __init__(
         self, pairs: EncodedPairs, batch_tokens: int, pad_id: int, start_id: int, seed: int
@@ -232,53 +195,26 @@ class TokenBatches:
         order = sorted(
             range(len(pairs)), key=lambda i: (len(pairs.sources[i]), len(pairs.targets[i]), i)
         )
-        self.batches: list[list[int]] = []
+        batches: list[list[int]] = []
         current: list[int] = []
         widest = 0
         for index in order:
             size = len(pairs.sources[index]) + len(pairs.targets[index])
             if current and max(widest, size) * (len(current) + 1) > batch_tokens:
-                self.batches.append(current)
+                batches.append(current)
                 current, widest = [], 0
             current.append(index)
             widest = max(widest, size)
-        self.batches.append(current)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.position = 0, 0
-        self.order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        return torch.randperm(len(self.batches), generator=self.generator).tolist()
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
+        batches.append(current)
+        super().__init__(batches, seed)
 
     def next(self) -> tuple[PairBatch, bool]:
         """The next batch, and whether it starts a new epoch."""
-        new_epoch = self.position == 0
-        indices = self.batches[self.order[self.position]]
+        indices, new_epoch = self.next_rows()
         batch = make_batch(
             [self.pairs.sources[i] for i in indices],
             [self.pairs.targets[i] for i in indices],
             self.pad_id,
             self.start_id,
         )
-        self.position += 1
-        if self.position == len(self.order):
-            self.epoch, self.position = self.epoch + 1, 0
-            self.order = self._shuffle()
         return batch, new_epoch
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.get_state(),
-            "epoch": self.epoch,
-            "position": self.position,
-            "order": list(self.order),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.epoch, self.position = state["epoch"], state["position"]
-        self.order = list(state["order"])

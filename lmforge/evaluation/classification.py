@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.batches import pad_right
+from lmforge.data.batches import pad_rows
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.paths import write_atomically
@@ -63,7 +63,7 @@ def label_logits(classifier, ids: list[list[int]], pad_id: int, batch_size: int 
     logits = torch.empty(len(ids), len(classifier.labels))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch, mask = pad_right([ids[i] for i in rows], pad_id)
+        batch, mask = pad_rows([ids[i] for i in rows], pad_id)
         logits[rows] = classifier(batch.to(device), mask.to(device)).float().cpu()
     return logits
 
@@ -133,7 +133,7 @@ def continuation_logprobs(
         if base is not None:  # the shared beginning's state, once for every row
             cache = copy.deepcopy(base)
             cache.reorder(torch.zeros(len(rows), dtype=torch.long, device=device))
-        ids, _ = pad_right([rests[i] for i in rows], 0)
+        ids, _ = pad_rows([rests[i] for i in rows], 0)
         logits, _ = model(ids.to(device), cache)
         logprobs = logits.float().log_softmax(dim=-1).cpu()
         for b, i in enumerate(rows):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lmforge.data.parallel import pad_rows
+from lmforge.data.batches import pad_rows
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig

@@ -147,6 +147,9 @@ class TrainConfig:
     batch_size: int = 12  # global: split across processes
     grad_accum: int = 1
     steps: int | None = None
+    # stop (evaluating and saving first) once this session has trained this long, even before
+    # `steps`; the schedule still spans `steps`
+    max_minutes: float | None = None
     epochs: int | None = None  # translation: passes over the pairs (sets steps)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float | None = None  # None here and below: KIND_DEFAULTS
@@ -222,6 +225,8 @@ class TrainConfig:
             raise ConfigError(f"warmup={self.warmup}; expected >= 0 steps")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes={self.max_minutes}; expected a positive number")
         if self.lora_rank < 0:
             raise ConfigError(f"lora_rank={self.lora_rank}; expected >= 0 (0: no LoRA)")
         if self.freeze_embeddings and not self.embeddings:

@@ -76,14 +76,17 @@ class ProgressBar(Reporter):
 
 
 class MetricsFile(Reporter):
-    """`metrics.csv`: one row per evaluation, rewritten atomically each time."""
+    """`metrics.csv`: one row per evaluation (every figure it has), rewritten atomically each
+    time."""
 
     def __init__(self, out: Path):
         self.path = out / "metrics.csv"
 
     def on_evaluation(self, evaluations: list[dict[str, Any]], train_losses: list[float]) -> None:
+        # the common columns, then what a kind of run adds (BLEU, accuracy, ...) as it appears
+        extra = [k for e in evaluations for k in e if k not in METRICS]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, METRICS, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, METRICS + list(dict.fromkeys(extra)))
         writer.writeheader()
         writer.writerows(evaluations)
         data = buffer.getvalue().encode()

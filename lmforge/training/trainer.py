@@ -256,11 +256,16 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     for reporter in reporters:
                         reporter.on_log(self.step, loss, lr, speed)
-                if self.step % config.eval_interval == 0 or self.step == config.steps:
+                out_of_time = self._out_of_time(train_seconds)
+                if (
+                    self.step % config.eval_interval == 0
+                    or self.step == config.steps
+                    or out_of_time
+                ):
                     stopped_early = self._evaluate_and_save(speed, reporters)
                 for reporter in reporters:
                     reporter.on_step(self.step, loss)
-                if stopped_early:
+                if stopped_early or out_of_time:
                     break
         finally:
             for reporter in reporters:
@@ -276,6 +281,14 @@ class Trainer:
         )
         teardown()
         return result
+
+    def _out_of_time(self, train_seconds: float) -> bool:
+        """Whether this session's training time reached `max_minutes` (every process agrees:
+        one that is out of time stops them all)."""
+        limit = self.config.max_minutes
+        if limit is None:
+            return False
+        return self.dist.mean(float(train_seconds >= 60 * limit)) > 0
 
     def _reporters(self) -> list[Reporter]:
         """The progress bar and the run directory's files (one process writes them), and the
