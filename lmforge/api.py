@@ -151,7 +151,6 @@ class LM:
         if self.encoder_decoder:
             results = self.translate(items, batch_size=batch_size, truncate=True, **options)
             return results[0] if single else results
-        self._generates()
         if not self.tokenizer.chat_template:
             options.setdefault("stop", ["\n"])
         prompts = [self.summary_prompt(text, instruction) for text in items]
@@ -357,7 +356,7 @@ def finetune(
     from lmforge.training import TrainConfig, train
     from lmforge.training.config import finetune_defaults
 
-    values = {**finetune_defaults(lora), **settings}
+    values = {**finetune_defaults(lora, task), **settings}
     if lora:
         values.setdefault("lora_rank", 8)
     config = TrainConfig(

@@ -106,7 +106,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     given = set(_settings(args, **fixed)) - {"lora_rank", "merge_lora", "arch", "tokenizer"}
     from lmforge.training.config import finetune_defaults
 
-    for name, value in finetune_defaults(args.lora).items():
+    for name, value in finetune_defaults(args.lora, getattr(args, "task", "lm")).items():
         if not hasattr(args, name):
             setattr(args, name, value)
     config = _config(args, **fixed)

@@ -29,11 +29,12 @@ KIND_DEFAULTS = {
 }
 
 
-def finetune_defaults(lora: bool) -> dict[str, Any]:
+def finetune_defaults(lora: bool, task: str = "lm") -> dict[str, Any]:
     """Settings a fine-tuning run starts from (`lmforge finetune`, `lmforge.finetune`): short,
-    gentle runs, a higher rate for LoRA's adapters than for every weight."""
+    gentle runs, a higher rate for LoRA's adapters than for every weight, conversations longer
+    than text windows."""
     return dict(
-        block_size=256,
+        block_size=512 if task == "sft" else 256,
         batch_size=4,
         steps=100,
         warmup=10,
