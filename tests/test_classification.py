@@ -307,3 +307,25 @@ def test_a_llama_classifier_bundle_is_transformers_llama_for_sequence_classifica
     again = lmforge.load(tmp_path / "bundle")
     assert again.classifier and again.model.labels == ["a", "b", "c"]
     torch.testing.assert_close(label_logits(again.model, rows, 0), ours, atol=1e-6, rtol=1e-6)
+
+
+def test_balanced_class_weights_are_inverse_to_class_counts(tmp_path):
+    from lmforge.training import ClassificationTrainer
+
+    data = write_tsv(
+        tmp_path / "skewed.tsv", [("good film", "pos")] * 6 + [("bad film", "neg")] * 2
+    )
+    config = TrainConfig(
+        task="classification",
+        data=str(data),
+        val_fraction=0.0,
+        arch="gru",
+        tokenizer="word",
+        n_embd=8,
+        steps=2,
+        eval_interval=2,
+        class_weights="balanced",
+    )  # n / (classes * count): neg 8 / (2 * 2), pos 8 / (2 * 6)
+    trainer = ClassificationTrainer(config, tmp_path / "run")
+    assert trainer.class_weights.tolist() == pytest.approx([2.0, 8 / 12])
+    assert trainer.run().step == 2

@@ -35,8 +35,8 @@ class Conversations:
     assistant's)."""
 
     items: list[list[dict[str, Any]]]
+    plain: list[bool]  # per conversation: it came as prompt/completion
     skipped: int = 0
-    plain: list[bool] | None = None  # rows that came as prompt/completion
 
     def __len__(self) -> int:
         return len(self.items)
@@ -78,7 +78,7 @@ def read_conversations(path: str | Path) -> Conversations:
             )
     if not items:
         raise ConfigError(f"{path}: no conversation ending in an assistant turn")
-    return Conversations(items, skipped, plain)
+    return Conversations(items, plain, skipped)
 
 
 @dataclass

@@ -61,12 +61,11 @@ class ClassificationTrainer(Trainer):
         self.stateful = False
         ids, cut = encode_texts(self.tokenizer, train.texts, c.block_size)
         self.val_ids = encode_texts(self.tokenizer, val.texts, c.block_size)[0] if val else []
+        counts = torch.bincount(torch.tensor(train.labels), minlength=len(self.names))
         self.class_weights = None
         if c.class_weights == "balanced":  # n / (classes * count), as scikit-learn's "balanced"
-            counts = torch.bincount(torch.tensor(train.labels), minlength=len(self.names))
             self.class_weights = len(train) / (len(self.names) * counts.clamp(min=1).float())
         if self.dist.is_main and self.state is None:
-            counts = torch.bincount(torch.tensor(train.labels), minlength=len(self.names))
             print(
                 f"{len(train)} training texts ("
                 + ", ".join(f"{n}: {int(k)}" for n, k in zip(self.names, counts, strict=True))
