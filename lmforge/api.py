@@ -18,6 +18,7 @@ from lmforge.evaluation.classification import (
 )
 from lmforge.generation.compiled import compile_decode
 from lmforge.generation.config import GenerationConfig, hf_generation_keys
+from lmforge.generation.constraints import compile_constraint
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
 from lmforge.generation.seq2seq import source_ids, stream_translations, translate_tokens
 from lmforge.models.heads import SequenceClassifier
@@ -49,8 +50,11 @@ class LM:
         self.defaults = GenerationConfig.from_options(**defaults)
 
     def config(self, **options) -> GenerationConfig:
-        """The model's generation defaults overridden by `options` (validated)."""
-        return GenerationConfig.from_options(self.defaults, **options)
+        """The model's generation defaults overridden by `options` (validated, a constraint
+        compiled against this model's tokenizer)."""
+        config = GenerationConfig.from_options(self.defaults, **options)
+        compile_constraint(config, self.tokenizer, self.model.config.vocab_size)
+        return config
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt: text is tokenized, a list of ids is checked against the vocabulary."""

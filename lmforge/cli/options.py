@@ -67,6 +67,9 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         "speculative": parser.add_argument_group(
             "speculative decoding (greedy; same output, fewer passes)"
         ),
+        "structured": parser.add_argument_group(
+            "structured output (every token checked against the constraint; give one)"
+        ),
     }
     for f in dataclasses.fields(GenerationConfig):
         flags = cli_flags(f)
@@ -74,7 +77,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
             continue
         meta = f.metadata
         group = groups[meta.get("group", "decoding")]
-        common: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        common: dict[str, Any] = {"dest": meta.get("dest", f.name), "help": meta["help"]}
         kind = meta.get("cli", "value")
         if kind in ("true", "false"):
             group.add_argument(*flags, action="store_true", **common)
@@ -85,7 +88,7 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
         elif "choices" in meta:
             group.add_argument(*flags, choices=meta["choices"], **common)
         else:
-            kind_name = str(f.type).split("|")[0].strip()
+            kind_name = "str" if "parse" in meta else str(f.type).split("|")[0].strip()
             group.add_argument(
                 *flags, type=_TYPES[kind_name], metavar=meta.get("metavar"), **common
             )
@@ -100,7 +103,8 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     for f in dataclasses.fields(GenerationConfig):
         if not cli_flags(f):
             continue
-        value, meta = getattr(args, f.name), f.metadata
+        meta = f.metadata
+        value = getattr(args, meta.get("dest", f.name))
         kind, parse = meta.get("cli", "value"), meta.get("parse")
         if kind == "true":
             value = True if value else None

@@ -14,7 +14,8 @@ MAX_SEED = 2**63 - 1  # torch generators take a signed 64-bit seed
 def option(default: Any = None, help: str = "", **details: Any) -> Any:
     """A generation option: its default, a line of help, and how the interfaces show it.
 
-    details: `flag` (the CLI flag when it is not `--name-with-dashes`; None: no flag), `cli`
+    details: `flag` (the CLI flag when it is not `--name-with-dashes`; None: no flag), `dest`
+    (its argparse name, when the option's own is taken by a verb's flag), `cli`
     ("value", "append", "true" for a store_true switch, "false" for a switch setting False),
     `choices`, `metavar`, `parse` (CLI text -> value); `group` ("decoding" or "speculative");
     `hf` (read from a checkpoint's generation_config.json); `openai` (the OpenAI request field that
@@ -24,6 +25,18 @@ def option(default: Any = None, help: str = "", **details: Any) -> Any:
     if callable(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _read_file(option: str):
+    """A CLI parser reading the file an option names (UTF-8), with a clear error."""
+
+    def read(path: str) -> str:
+        try:
+            return open(path, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--{option} {path}: cannot be read ({exc})", option=option) from None
+
+    return read
 
 
 def _token_bias(text: str) -> tuple[int, float]:
@@ -119,6 +132,45 @@ class GenerationConfig:
         None,
         "'left' keeps the end of a prompt longer than the context (default: an error)",
         choices=["left"],
+    )
+    json_schema: dict[str, Any] | str | None = option(
+        None,
+        "constrain the output to JSON matching this schema (a dict or JSON text)",
+        flag="--json-schema",
+        metavar="FILE",
+        parse=_read_file("json-schema"),
+        group="structured",
+        openai="response_format",
+    )
+    json: bool = option(
+        False,
+        "constrain the output to a JSON object",
+        flag="--json-object",
+        dest="json_object",
+        cli="true",
+        group="structured",
+        openai="response_format",
+    )
+    regex: str | None = option(
+        None,
+        "constrain the output to match this regular expression",
+        group="structured",
+        server=True,
+    )
+    grammar: str | None = option(
+        None,
+        "constrain the output to a grammar: Lark (llguidance's) or llama.cpp's GBNF",
+        metavar="FILE",
+        parse=_read_file("grammar"),
+        group="structured",
+        server=True,
+    )
+    choice: list[str] = option(
+        list,
+        "constrain the output to one of these strings",
+        cli="append",
+        group="structured",
+        server=True,
     )
     prompt_lookup_num_tokens: int = option(
         0,
@@ -269,6 +321,20 @@ class GenerationConfig:
             check(name, isinstance(value, int) and 0 <= value <= 64, "an integer in [0, 64]")
         if self.prompt_lookup_num_tokens:
             self.check_speculative("prompt_lookup_num_tokens")
+        check(
+            "json_schema",
+            self.json_schema is None or isinstance(self.json_schema, (dict, str)),
+            "a JSON schema (a dict or its JSON text)",
+        )
+        check("json", isinstance(self.json, bool), "True or False")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            check(name, value is None or (isinstance(value, str) and value), "a non-empty string")
+        check(
+            "choice",
+            isinstance(self.choice, list) and all(isinstance(c, str) and c for c in self.choice),
+            "a list of non-empty strings",
+        )
 
     def check_speculative(self, option: str) -> None:
         """Speculation here verifies drafts against the greedy choice, so it needs greedy search."""
@@ -277,6 +343,13 @@ class GenerationConfig:
                 f"{option} works with greedy decoding only; drop the sampling options "
                 "(temperature, top_k, top_p, min_p, typical_p, do_sample) and num_beams"
             )
+
+
+def eos_ids(tokenizer, config: GenerationConfig) -> set[int]:
+    """The tokens that end a sequence (none with `ignore_eos`)."""
+    if config.ignore_eos:
+        return set()
+    return set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
 
 
 def hf_generation_keys() -> list[str]:

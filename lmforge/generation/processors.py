@@ -13,6 +13,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
+from lmforge.generation.constraints import GrammarMask, compile_constraint
 
 
 @dataclass
@@ -170,9 +171,13 @@ class TypicalP:
         return scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
 
 
-def build_processors(config: GenerationConfig, vocab_size: int) -> list:
-    """The processors a config asks for, in transformers' order (penalties, then warpers)."""
+def build_processors(config: GenerationConfig, vocab_size: int, tokenizer=None) -> list:
+    """The processors a config asks for: a constraint's mask first (so no warper can leave a row
+    with nothing allowed), then transformers' order (penalties, then warpers)."""
     steps: list = []
+    constraint = compile_constraint(config, tokenizer, vocab_size) if tokenizer else None
+    if constraint is not None:
+        steps.append(GrammarMask(*constraint, vocab_size))
     if config.logit_bias:
         steps.append(LogitBias(config.logit_bias, vocab_size))
     if config.suppress_tokens:

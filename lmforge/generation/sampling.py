@@ -9,7 +9,6 @@ import torch
 
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.processors import History, apply_processors
-from lmforge.tokenizers import Tokenizer
 
 
 @dataclass
@@ -62,10 +61,3 @@ def history_of(tokens: list[int], prompt_len: int, device: torch.device) -> Hist
 def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """The random stream sampling draws from: seeded on the model's device, or torch's global one."""
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
-
-
-def eos_ids(tokenizer: Tokenizer, config: GenerationConfig) -> set[int]:
-    """The tokens that end a sequence (none with `ignore_eos`)."""
-    if config.ignore_eos:
-        return set()
-    return set(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)

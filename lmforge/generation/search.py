@@ -15,9 +15,9 @@ import torch
 
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
-from lmforge.generation.config import GenerationConfig
+from lmforge.generation.config import GenerationConfig, eos_ids
 from lmforge.generation.processors import History, apply_processors, build_processors
-from lmforge.generation.sampling import choose_next, eos_ids, seeded_generator
+from lmforge.generation.sampling import choose_next, seeded_generator
 from lmforge.generation.speculative import speculative_stream
 from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.tokenizers import Tokenizer
@@ -148,7 +148,7 @@ def _stream_prepared(
     slide = config.truncate == "left"
     max_new = config.max_new_tokens if slide else _max_new(prompts, context, config)
     eos = eos_ids(tokenizer, config)
-    processors = build_processors(config, model.config.vocab_size)
+    processors = build_processors(config, model.config.vocab_size, tokenizer)
     device = model_device(model)
     generator = seeded_generator(config.seed, device)
     if max_new <= 0:
@@ -269,7 +269,7 @@ def beam_search(
         if config.ignore_eos
         else list(config.eos_token_ids if config.eos_token_ids is not None else tokenizer.eos_ids)
     )
-    steps = build_processors(config, model.config.vocab_size)
+    steps = build_processors(config, model.config.vocab_size, tokenizer)
 
     device = model_device(model)
     tokens, mask, positions = _left_pad(prompts, tokenizer.pad_id, device)

@@ -18,9 +18,9 @@ import torch
 
 from lmforge.device import model_device
 from lmforge.errors import ConfigError
-from lmforge.generation.config import GenerationConfig
+from lmforge.generation.config import GenerationConfig, eos_ids
 from lmforge.generation.processors import build_processors
-from lmforge.generation.sampling import choose_next, eos_ids, history_of
+from lmforge.generation.sampling import choose_next, history_of
 from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.tokenizers import Tokenizer
 
@@ -112,7 +112,7 @@ def speculative_stream(
 
 def _one_sequence(model, tokenizer, row, prompt, max_new, k, config, drafter):
     eos = eos_ids(tokenizer, config)
-    processors = build_processors(config, model.config.vocab_size)
+    processors = build_processors(config, model.config.vocab_size, tokenizer)
     assembler = TextAssembler(tokenizer, config.stop)
     cache = model.new_cache(1, min(len(prompt) + max_new + k, model.max_seq_len))
     tokens = list(prompt)

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.generation.config import eos_ids
 from lmforge.generation.processors import build_processors
-from lmforge.generation.sampling import choose_next, eos_ids, history_of, seeded_generator
+from lmforge.generation.sampling import choose_next, history_of, seeded_generator
 from lmforge.generation.stream import StreamEvent, TextAssembler, token_event
 from lmforge.serve.rows import row_store
 
@@ -199,7 +200,7 @@ class Batcher(JobQueue):
             tokens=list(prompt),
             prompt_len=len(prompt),
             config=config,
-            processors=build_processors(config, self.model.config.vocab_size),
+            processors=build_processors(config, self.model.config.vocab_size, self.lm.tokenizer),
             generator=seeded_generator(seed, self.store.device),
             assembler=TextAssembler(self.lm.tokenizer, config.stop),
             eos=eos_ids(self.lm.tokenizer, config),

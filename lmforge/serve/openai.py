@@ -21,7 +21,14 @@ from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
 from lmforge.generation.stream import StreamEvent
 from lmforge.serve.batcher import DONE, Batcher, Job, QueueFull
-from lmforge.serve.schemas import SERVER_EXTRAS, APIError, SamplingRequest, Settings
+from lmforge.serve.schemas import (
+    IGNORED_FIELDS,
+    SERVER_EXTRAS,
+    UNSUPPORTED_FIELDS,
+    APIError,
+    SamplingRequest,
+    Settings,
+)
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 # GenerationConfig option -> the request field a client sets it with, to name it in errors
@@ -83,6 +90,7 @@ class OpenAIService:
             ) from None
         if not isinstance(data, dict):
             raise APIError(400, "request body must be a JSON object")
+        data = self._known_fields(data)
         try:
             parsed = schema.model_validate(data)
         except ValidationError as exc:
@@ -99,6 +107,22 @@ class OpenAIService:
                 code="model_not_found",
             )
         return parsed
+
+    @staticmethod
+    def _known_fields(data: dict[str, Any]) -> dict[str, Any]:
+        """The body without nulls (null means the default, as OpenAI reads it) and without the
+        fields that change nothing here; a field asking for what this server cannot do is a 400."""
+        for name, feature in UNSUPPORTED_FIELDS.items():
+            value = data.get(name)
+            if value is not None and not (name == "modalities" and value == ["text"]):
+                raise APIError(
+                    400,
+                    f"{name}: this server does not support {feature}",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        dropped = (*IGNORED_FIELDS, "modalities")  # modalities: ["text"] asks for what there is
+        return {k: v for k, v in data.items() if v is not None and k not in dropped}
 
     def options_for(
         self, req: SamplingRequest, max_tokens: int, top_logprobs: int
@@ -231,16 +255,17 @@ class OpenAIService:
     def stream(
         self,
         job: Job,
-        chunk: Callable[[int, StreamEvent], dict],
+        chunk: Callable[[int, StreamEvent], list[dict]],
         final: Callable[[], dict] | None,
     ) -> StreamingResponse:
-        """Server-sent events: one `chunk` per token, then `final` (usage), then [DONE]. A client
+        """Server-sent events: the chunks of each token, then `final` (usage), then [DONE]. A client
         that disconnects closes the generator, which cancels the job."""
 
         async def body():
             try:
                 async for choice, event in self.events(job):
-                    yield sse(chunk(choice, event))
+                    for piece in chunk(choice, event):
+                        yield sse(piece)
                 if final is not None:
                     yield sse(final())
             except APIError as exc:

@@ -70,10 +70,45 @@ SamplingRequest = create_model(
 )
 
 
+# Fields real clients send that change nothing here (bookkeeping, or settings of features this
+# server does not have that leave the output as it is): dropped. Fields asking for something it
+# cannot do: a 400 `unsupported_parameter` naming them. Any other unknown field: a 400.
+IGNORED_FIELDS = (
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "reasoning_effort",
+)
+UNSUPPORTED_FIELDS = {
+    "audio": "audio output",
+    "modalities": "output modalities other than text",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "functions": "the deprecated `functions` (use `tools`)",
+    "function_call": "the deprecated `function_call` (use `tool_choice`)",
+    "verbosity": "verbosity settings",
+}
+
+
+class JSONSchemaFormat(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int]
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
+    response_format: ResponseFormat | None = None
 
 
 class TextPart(_Strict):
@@ -81,10 +116,47 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: None = None  # clients echo an assistant message back with these set to null
+    function_call: None = None
+    annotations: list | None = None
+
+
+class Function(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: Function
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(SamplingRequest):
@@ -92,6 +164,10 @@ class ChatRequest(SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 class Settings(BaseModel):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from lmforge.serve.openai import FINISH_REASONS, OpenAIService, usage
 from lmforge.serve.schemas import APIError, ChatRequest
+from lmforge.serve.tools import plan_chat, read_reply
 
 
 def router(service: OpenAIService) -> APIRouter:
@@ -33,17 +34,9 @@ def router(service: OpenAIService) -> APIRouter:
                 param="messages",
                 code="no_chat_template",
             )
-        messages = [
-            {
-                "role": m.role,
-                "content": m.content
-                if isinstance(m.content, str)
-                else "".join(p.text for p in m.content),
-            }
-            for m in req.messages
-        ]
+        plan = plan_chat(req, lm.tokenizer.chat_template, lm.config)
         try:
-            ids = lm.chat_prompt(messages)
+            ids = lm.chat_prompt(plan.messages)
         except Exception as exc:  # noqa: BLE001 - a template may reject a conversation
             raise APIError(
                 400, f"messages: the chat template rejected them: {exc}", param="messages"
@@ -57,6 +50,7 @@ def router(service: OpenAIService) -> APIRouter:
         options = service.options_for(
             req, max_tokens, (req.top_logprobs or 0) if req.logprobs else 0
         )
+        options.update(plan.options)
         job = await service.submit([ids] * req.n, options)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -64,14 +58,24 @@ def router(service: OpenAIService) -> APIRouter:
             head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id}
             counts = [0] * req.n
 
-            def chunk(choice: int, event) -> dict:
+            replies = [""] * req.n
+
+            def chunk(choice: int, event) -> list[dict]:
                 first = counts[choice] == 0
+                counts[choice] += event.token_id is not None
+                if plan.tools:  # the reply is read as a whole, then sent as OpenAI's deltas
+                    replies[choice] += event.text
+                    if not event.finish_reason:
+                        return []
+                    return [
+                        {**head, "choices": [body]}
+                        for body in tool_deltas(choice, replies[choice], event.finish_reason)
+                    ]
                 delta = (
                     {"role": "assistant", "content": event.text}
                     if first
                     else {"content": event.text}
                 )
-                counts[choice] += event.token_id is not None
                 wanted = req.logprobs and event.token_id is not None
                 choice_body = {
                     "index": choice,
@@ -79,7 +83,7 @@ def router(service: OpenAIService) -> APIRouter:
                     "logprobs": service.chat_logprobs([event]) if wanted else None,
                     "finish_reason": FINISH_REASONS.get(event.finish_reason),
                 }
-                return {**head, "choices": [choice_body]}
+                return [{**head, "choices": [choice_body]}]
 
             include = req.stream_options is not None and req.stream_options.include_usage
             final = (
@@ -90,15 +94,17 @@ def router(service: OpenAIService) -> APIRouter:
             return service.stream(job, chunk, final)
 
         results = await service.collect(job, request, req.n)
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": service.chat_logprobs(result.events) if req.logprobs else None,
-                "finish_reason": result.finish_reason,
-            }
-            for i, result in enumerate(results)
-        ]
+        choices = []
+        for i, result in enumerate(results):
+            message, reason = reply_message(result.text, result.finish_reason, plan.tools)
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": service.chat_logprobs(result.events) if req.logprobs else None,
+                    "finish_reason": reason,
+                }
+            )
         completion_tokens = sum(len(r.events) for r in results)
         return {
             "id": rid,
@@ -110,3 +116,40 @@ def router(service: OpenAIService) -> APIRouter:
         }
 
     return routes
+
+
+def reply_message(text: str, finish_reason: str, tools: bool) -> tuple[dict, str]:
+    """The assistant message of a finished choice and its finish reason: a reply in the tool
+    format becomes `tool_calls` (finish reason "tool_calls") or content; a reply cut short
+    stays the text it is, with finish reason "length"."""
+    if not tools or finish_reason == "length":
+        return {"role": "assistant", "content": text}, finish_reason
+    content, calls = read_reply(text)
+    if not calls:
+        return {"role": "assistant", "content": content}, finish_reason
+    return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+
+
+def tool_deltas(choice: int, text: str, finish_reason: str) -> list[dict]:
+    """A finished reply in the tool format as streamed choices: each call's id, type and name
+    first, its arguments after (keyed by the call's index), as OpenAI streams them."""
+    message, reason = reply_message(text, FINISH_REASONS[finish_reason], tools=True)
+    bodies = []
+    if "tool_calls" in message:
+        for index, call in enumerate(message["tool_calls"]):
+            head = {"index": index, "id": call["id"], "type": "function"}
+            function = call["function"]
+            for delta in (
+                {**head, "function": {"name": function["name"], "arguments": ""}},
+                {"index": index, "function": {"arguments": function["arguments"]}},
+            ):
+                first = not bodies
+                role = {"role": "assistant", "content": None} if first else {}
+                bodies.append({"index": choice, "delta": {**role, "tool_calls": [delta]}})
+    else:
+        bodies.append({"index": choice, "delta": {"role": "assistant", **message}})
+    bodies.append({"index": choice, "delta": {}, "finish_reason": reason})
+    for body in bodies:
+        body.setdefault("logprobs", None)
+        body.setdefault("finish_reason", None)
+    return bodies

@@ -11,6 +11,7 @@ from lmforge.errors import ConfigError
 from lmforge.generation.search import start_token
 from lmforge.serve.openai import FINISH_REASONS, OpenAIService, usage
 from lmforge.serve.schemas import APIError, CompletionRequest
+from lmforge.serve.tools import response_format_options
 
 
 def router(service: OpenAIService) -> APIRouter:
@@ -39,6 +40,12 @@ def router(service: OpenAIService) -> APIRouter:
             encoded, 16 if req.max_tokens is None else req.max_tokens, "prompt"
         )
         options = service.options_for(req, max_tokens, req.logprobs or 0)
+        structured = response_format_options(req.response_format)
+        try:
+            lm.config(**structured)
+        except ConfigError as exc:
+            raise APIError(400, f"response_format: {exc}", param="response_format") from None
+        options.update(structured)
         prompts = [ids for ids in encoded for _ in range(req.n)]
         echoes = [
             (t if isinstance(t, str) else lm.tokenizer.decode(t)) if req.echo else "" for t in texts
@@ -51,7 +58,7 @@ def router(service: OpenAIService) -> APIRouter:
         if req.stream:
             counts = [0] * len(prompts)
 
-            def chunk(choice: int, event) -> dict:
+            def chunk(choice: int, event) -> list[dict]:
                 echo = echoes[choice // req.n] if counts[choice] == 0 else ""
                 counts[choice] += 1
                 wanted = req.logprobs is not None and event.token_id is not None
@@ -61,7 +68,7 @@ def router(service: OpenAIService) -> APIRouter:
                     "logprobs": service.completion_logprobs([event]) if wanted else None,
                     "finish_reason": FINISH_REASONS.get(event.finish_reason),
                 }
-                return {**head, "choices": [choice_body]}
+                return [{**head, "choices": [choice_body]}]
 
             include = req.stream_options is not None and req.stream_options.include_usage
             final = (

@@ -1,0 +1,200 @@
+"""OpenAI's structured output and tool calling, on constrained decoding.
+
+`response_format` becomes a JSON constraint. Tools use a generic format for models whose chat
+template has none (as llama.cpp's generic handler does): the tool list and an instruction go into
+the system message, decoding is constrained to `{"tool_calls": [{"name", "arguments"}, ...]}` or
+`{"response": ...}`, and the reply is read back into OpenAI's `tool_calls` with fresh ids. Earlier
+tool calls and results in the conversation are rendered in the same format.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmforge.errors import ConfigError
+from lmforge.serve.schemas import APIError, ChatRequest, Message, ResponseFormat
+
+STRING = {"type": "string"}
+NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+@dataclass
+class ChatPlan:
+    """What a chat request asks of the engine: the conversation for the template, constraint
+    options, and whether the reply is tool-call JSON to read back."""
+
+    messages: list[dict[str, str]]
+    options: dict[str, Any] = field(default_factory=dict)
+    tools: bool = False
+
+
+def response_format_options(response_format: ResponseFormat | None) -> dict[str, Any]:
+    """The constraint `response_format` asks for (a schema without `strict: true` is read
+    leniently: keywords the engine does not implement are ignored rather than refused)."""
+    if response_format is None or response_format.type == "text":
+        return {}
+    if response_format.type == "json_object":
+        return {"json": True}
+    spec = response_format.json_schema
+    if spec is None or spec.schema_ is None:
+        raise APIError(
+            400,
+            "response_format: type json_schema needs json_schema.schema",
+            param="response_format",
+        )
+    schema = dict(spec.schema_)
+    if not spec.strict:
+        schema["x-guidance"] = {**schema.get("x-guidance", {}), "lenient": True}
+    return {"json_schema": schema}
+
+
+def plan_chat(req: ChatRequest, template: str, check) -> ChatPlan:
+    """The plan of a chat request. `check(**options)` validates constraint options (raising
+    ConfigError), so a bad schema is named by the field it came from."""
+    messages = template_messages(req.messages, template)
+    structured = response_format_options(req.response_format)
+    _check(check, structured, "response_format")
+    choice = req.tool_choice
+    if choice is not None and not req.tools:
+        raise APIError(400, "tool_choice needs tools", param="tool_choice")
+    if not req.tools or choice == "none":
+        return ChatPlan(messages, structured)
+
+    names = [tool.function.name for tool in req.tools]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise APIError(400, f"tools[{i}]: a second tool named {name!r}", param="tools")
+    parameters = {}
+    for i, tool in enumerate(req.tools):
+        parameters[tool.function.name] = tool.function.parameters or NO_ARGUMENTS
+        param = f"tools.{i}.function.parameters"
+        _check(check, {"json_schema": parameters[tool.function.name]}, param)
+    callable_names = names
+    if not isinstance(choice, str) and choice is not None:
+        if choice.function.name not in names:
+            raise APIError(
+                400,
+                f"tool_choice names {choice.function.name!r}, which is not in tools "
+                f"({', '.join(names)})",
+                param="tool_choice",
+            )
+        callable_names = [choice.function.name]
+
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": parameters[name]},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name in callable_names
+    ]
+    call_list = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
+    if not req.parallel_tool_calls or callable_names != names:  # a named tool: one call
+        call_list["maxItems"] = 1
+    tool_calls = _object("tool_calls", call_list)
+    response = _object("response", structured.get("json_schema", STRING))
+    if structured.get("json"):
+        response = _object("response", {"type": "object"})
+    must_call = choice == "required" or not isinstance(choice, str | None)
+    schema = tool_calls if must_call else {"anyOf": [tool_calls, response]}
+    listing = [
+        {"name": tool.function.name, "description": tool.function.description or "",
+         "parameters": parameters[tool.function.name]}
+        for tool in req.tools
+    ]  # fmt: skip
+    instruction = f"You can call these tools:\n{json.dumps(listing, ensure_ascii=False)}\n" + (
+        'Respond in JSON with "tool_calls": a list of calls, each with "name" and "arguments".'
+        if must_call
+        else 'Respond in JSON, either with "tool_calls" (a list of calls to tools, each with '
+        '"name" and "arguments") or with "response" (your reply to the user).'
+    )
+    if messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
+    else:
+        messages.insert(0, {"role": "system", "content": instruction})
+    return ChatPlan(messages, {"json_schema": schema}, tools=True)
+
+
+def _object(key: str, value: dict) -> dict:
+    return {
+        "type": "object",
+        "properties": {key: value},
+        "required": [key],
+        "additionalProperties": False,
+    }
+
+
+def _check(check, options: dict[str, Any], param: str) -> None:
+    if not options:
+        return
+    try:
+        check(**options)
+    except ConfigError as exc:
+        raise APIError(400, f"{param}: {exc}", param=param, code="invalid_parameter") from None
+
+
+def template_messages(messages: list[Message], template: str) -> list[dict[str, str]]:
+    """OpenAI's messages as the chat template reads them: text parts joined, `developer` as
+    `system` where the template has no such role, assistant tool calls and tool results in the
+    generic tool format (a `tool` role is kept where the template knows it)."""
+    rendered, names = [], {}
+    for i, message in enumerate(messages):
+        role, content = message.role, message.content
+        text = content if isinstance(content, str) else "".join(p.text for p in content or [])
+        if role == "developer" and "developer" not in template:
+            role = "system"
+        if role == "assistant" and message.tool_calls:
+            calls = []
+            for call in message.tool_calls:
+                names[call.id] = call.function.name
+                try:
+                    arguments = json.loads(call.function.arguments)
+                except json.JSONDecodeError:
+                    raise APIError(
+                        400,
+                        f"messages[{i}].tool_calls: the arguments of {call.id!r} are not JSON",
+                        param=f"messages.{i}.tool_calls",
+                    ) from None
+                calls.append({"name": call.function.name, "arguments": arguments})
+            text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+        elif role == "tool":
+            if not message.tool_call_id:
+                raise APIError(
+                    400,
+                    f"messages[{i}]: a tool message needs the tool_call_id it answers",
+                    param=f"messages.{i}.tool_call_id",
+                )
+            if "tool" not in template:
+                role = "user"
+                result = {"name": names.get(message.tool_call_id), "content": text}
+                text = json.dumps({"tool_response": result}, ensure_ascii=False)
+        elif content is None and role != "assistant":
+            raise APIError(
+                400, f"messages[{i}]: a {role} message needs content", param=f"messages.{i}.content"
+            )
+        rendered.append({"role": role, "content": text})
+    return rendered
+
+
+def read_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a finished reply in the generic tool format."""
+    data = json.loads(text)
+    if "tool_calls" in data:
+        calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+                },
+            }
+            for call in data["tool_calls"]
+        ]
+        return None, calls
+    response = data["response"]
+    return (response if isinstance(response, str) else json.dumps(response)), []

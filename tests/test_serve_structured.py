@@ -1,0 +1,224 @@
+"""Structured output and tool calling through the official `openai` client against `lmforge serve`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+from tests.schemas import SCHEMAS
+from tests.serving import MODEL, Server
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time now, in UTC"},
+}
+
+
+class Person(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=120)
+
+
+@pytest.fixture(scope="module")
+def server(smollm):
+    running = Server(smollm, max_tokens=128, max_n=4)
+    yield running
+    running.stop()
+
+
+def test_response_format_json_schema_parses_into_a_pydantic_model(server):
+    client = server.client()
+    completion = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Invent a person with a name and an age."}],
+        response_format=Person,
+    )
+    person = completion.choices[0].message.parsed
+    assert isinstance(person, Person) and completion.choices[0].finish_reason == "stop"
+
+
+def test_response_format_json_object_and_on_completions(server):
+    client = server.client()
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a dog in JSON."}],
+        response_format={"type": "json_object"},
+        max_tokens=100,
+    )
+    choice = reply.choices[0]
+    if choice.finish_reason == "stop":
+        assert isinstance(json.loads(choice.message.content), dict)
+    request, schema = SCHEMAS[0]
+    body = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    completion = client.completions.create(
+        model=MODEL, prompt=request + "\n", max_tokens=60, extra_body={"response_format": body}
+    )
+    jsonschema.validate(json.loads(completion.choices[0].text), schema)
+
+
+def test_tool_call_round_trip(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER, TIME], tool_choice="required", temperature=0
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name in {"get_weather", "get_time"}
+    json.loads(call.function.arguments)  # a JSON string, as OpenAI sends it
+    messages.append(choice.message)  # the client's own object, sent back as it serialises it
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"})
+    final = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER, TIME], max_tokens=60, temperature=0
+    )
+    answer = final.choices[0]
+    assert answer.finish_reason in {"stop", "tool_calls", "length"}
+    if answer.finish_reason == "stop":
+        assert isinstance(answer.message.content, str) and not answer.message.tool_calls
+
+
+def test_named_tool_choice_and_a_streamed_call(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Weather in Rome, please."}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER, TIME], tool_choice=named, temperature=0
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+    with client.chat.completions.stream(
+        model=MODEL, messages=messages, tools=[WEATHER, TIME], tool_choice=named, temperature=0
+    ) as stream:
+        for _ in stream:
+            pass
+        streamed = stream.get_final_completion()
+    streamed_call = streamed.choices[0].message.tool_calls[0]
+    assert streamed.choices[0].finish_reason == "tool_calls"
+    assert streamed_call.function.name == "get_weather"
+    assert json.loads(streamed_call.function.arguments) == json.loads(call.function.arguments)
+
+
+def test_concurrent_constrained_and_free_requests_each_get_theirs(server, smollm):
+    client = server.client()
+    request, schema = SCHEMAS[2]
+    messages = [{"role": "user", "content": request}]
+    formats = [
+        {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}},
+        None,
+    ] * 2
+
+    def one(response_format):
+        extra = {"response_format": response_format} if response_format else {}
+        return client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=40, temperature=0, **extra
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(one, formats))
+    alone = smollm.chat(messages, max_new_tokens=40)
+    for response_format, reply in zip(formats, replies, strict=True):
+        text = reply.choices[0].message.content
+        if response_format:
+            jsonschema.validate(json.loads(text), schema)
+        else:
+            assert text == alone.text
+
+
+def test_developer_role_null_defaults_and_text_parts(server):
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi!"}]},
+        ],
+        "temperature": None,
+        "top_p": None,
+        "max_tokens": 8,
+        "store": False,
+        "metadata": {"run": "1"},
+        "seed": None,
+    }
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    "extra, param, fragment",
+    [
+        ({"tool_choice": "required"}, "tool_choice", "tool_choice needs tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+            "not in tools",
+        ),
+        (
+            {"tools": [{**WEATHER, "function": {"name": "f", "parameters": {"type": "strin"}}}]},
+            "tools.0.function.parameters",
+            "Invalid type",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+            "needs json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "strict": True,
+                        "schema": {"type": "object", "not": {}},
+                    },
+                }
+            },
+            "response_format",
+            "Unimplemented keys",
+        ),
+        ({"regex": "a(b"}, "regex", "regex cannot be compiled"),
+        ({"audio": {"voice": "alloy"}}, "audio", "does not support audio"),
+        ({"frobnicate": 1}, "frobnicate", "Extra inputs"),
+    ],
+)
+def test_bad_structured_requests_are_clear_400s(server, extra, param, fragment):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json={**body, **extra}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and fragment in error["message"], error
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def test_a_tool_message_needs_its_call_id(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError, match="tool_call_id"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"}],
+            max_tokens=4,
+        )
