@@ -222,3 +222,32 @@ def test_a_tool_message_needs_its_call_id(server):
             messages=[{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"}],
             max_tokens=4,
         )
+
+
+def test_logprob_bytes_of_cjk_and_emoji_tokens_make_the_text(server):
+    """Byte-level tokens split characters; each token's bytes are its real bytes."""
+    text = "你好世界🙂 café"
+    client = server.client()
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello in Chinese."}],
+        extra_body={"regex": text},
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = reply.choices[0]
+    assert choice.message.content == text
+    tokens = choice.logprobs.content
+    assert len(tokens) > len(text) // 2  # characters were split across tokens
+    assert b"".join(bytes(t.bytes) for t in tokens) == text.encode("utf-8")
+    completion = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=20, logprobs=5, extra_body={"regex": text}
+    )
+    keys = [
+        key for alternatives in completion.choices[0].logprobs.top_logprobs for key in alternatives
+    ]
+    assert completion.choices[0].text == text
+    assert all(
+        len(alternatives) == 5 for alternatives in completion.choices[0].logprobs.top_logprobs
+    )
+    assert any(key.startswith("bytes:\\x") for key in keys)

@@ -278,10 +278,17 @@ class OpenAIService:
     # Response pieces ------------------------------------------------------------------------
 
     def token_text(self, token: int) -> str:
-        return self.lm.tokenizer.decode([token])
+        """A token as text; one holding part of a UTF-8 character is written as OpenAI writes
+        it, `bytes:` and its bytes escaped (so no two tokens share a `top_logprobs` key)."""
+        data = self.lm.tokenizer.token_bytes(token)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
 
     def completion_logprobs(self, events: list[StreamEvent], offset: int = 0) -> dict:
         """The legacy completions `logprobs` object for these tokens, text offsets from `offset`."""
+        events = [e for e in events if e.finish_reason != "eos"]  # the end token is no text
         tokens, offsets, position = [], [], offset
         for event in events:
             tokens.append(self.token_text(event.token_id))
@@ -300,8 +307,8 @@ class OpenAIService:
         """The chat `logprobs` object: each token with its bytes and top alternatives."""
 
         def entry(token: int, logprob: float) -> dict:
-            text = self.token_text(token)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+            data = list(self.lm.tokenizer.token_bytes(token))
+            return {"token": self.token_text(token), "logprob": logprob, "bytes": data}
 
         return {
             "content": [
@@ -310,6 +317,7 @@ class OpenAIService:
                     "top_logprobs": [entry(t, lp) for t, lp in (e.top_logprobs or {}).items()],
                 }
                 for e in events
+                if e.finish_reason != "eos"  # the end token is no text
             ]
         }
 

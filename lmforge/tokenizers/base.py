@@ -33,6 +33,7 @@ class Tokenizer:
         self.pad_id = pad_id if pad_id is not None else (self.eos_ids[0] if self.eos_ids else 0)
         self.add_bos = add_bos
         self.chat_template = chat_template
+        self._pieces = None  # token piece -> bytes, built on first use
 
     @property
     def vocab_size(self) -> int:
@@ -40,6 +41,17 @@ class Tokenizer:
 
     def token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for. A byte-level token may hold part of a UTF-8 character,
+        which decoding the token alone turns into U+FFFD; these are its real bytes, so the
+        tokens of a text concatenate to the text's UTF-8."""
+        if self._pieces is None:
+            self._pieces = _byte_reader(self.backend)
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        return self._pieces(piece) or self.decode([token_id], False).encode("utf-8")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`; BOS is prepended when the model expects it."""
@@ -149,6 +161,33 @@ class Tokenizer:
             add_bos=bool(config.get("add_bos_token", False)),
             chat_template=template if isinstance(template, str) else None,
         )
+
+
+def _byte_reader(backend: tokenizers.Tokenizer):
+    """A function from a token's piece (as the vocabulary spells it) to its bytes, or None
+    where the piece is not spelled byte by byte (a word-level vocabulary)."""
+    decoder = json.dumps(json.loads(backend.to_str()).get("decoder"))
+    if '"ByteLevel"' in decoder:  # GPT-2's alphabet: one printable character per byte
+        table = {char: byte for byte, char in enumerate(_byte_alphabet())}
+        return lambda piece: (
+            bytes(table[c] for c in piece) if all(c in table for c in piece) else None
+        )
+    if '"ByteFallback"' in decoder or '"Metaspace"' in decoder or "\u2581" in decoder:
+
+        def sentencepiece(piece: str) -> bytes:
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode("utf-8")
+
+        return sentencepiece
+    return lambda piece: None
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's bytes_to_unicode: byte b is spelled by character alphabet[b]."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
 def _read_tokenizer(path: Path, read, *others: Path) -> tokenizers.Tokenizer:

@@ -76,7 +76,9 @@ def router(service: OpenAIService) -> APIRouter:
                     if first
                     else {"content": event.text}
                 )
-                wanted = req.logprobs and event.token_id is not None
+                wanted = (
+                    req.logprobs and event.token_id is not None and event.finish_reason != "eos"
+                )
                 choice_body = {
                     "index": choice,
                     "delta": delta,

@@ -61,7 +61,11 @@ def router(service: OpenAIService) -> APIRouter:
             def chunk(choice: int, event) -> list[dict]:
                 echo = echoes[choice // req.n] if counts[choice] == 0 else ""
                 counts[choice] += 1
-                wanted = req.logprobs is not None and event.token_id is not None
+                wanted = (
+                    req.logprobs is not None
+                    and event.token_id is not None
+                    and event.finish_reason != "eos"
+                )
                 choice_body = {
                     "index": choice,
                     "text": echo + event.text,
