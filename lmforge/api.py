@@ -10,6 +10,7 @@ import torch
 
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.device import model_device, resolve_device
+from lmforge.embeddings.texts import embed_ids, text_ids
 from lmforge.errors import ConfigError
 from lmforge.evaluation.classification import (
     Classification,
@@ -98,6 +99,29 @@ class LM:
                 f"{self.source} is a sequence classifier (labels {self.model.labels}); it labels "
                 "texts with classify() and does not generate"
             )
+
+    def embed(
+        self,
+        texts: str | list[str],
+        pooling: str = "mean",
+        batch_size: int = 32,
+        truncate: bool = False,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """One vector per text (a (texts, width) tensor; (width,) for one string) from the
+        model's hidden states, pooled `mean` or `last`, of length 1 unless `normalize=False`.
+        A text longer than the model reads is an error unless `truncate` (its start is kept)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items:
+            raise ConfigError("texts is an empty list; give at least one text")
+        if self.encoder_decoder:
+            raise ConfigError(f"{self.source} is a translation model; it does not embed texts")
+        trunk = self.model.trunk if self.classifier else self.model
+        limit = getattr(trunk, "max_seq_len", None) or 1 << 30  # (RNNs: no limit)
+        rows = text_ids(self.tokenizer, items, limit, trunk.config.vocab_size, truncate)
+        vectors = embed_ids(trunk, rows, self.tokenizer.pad_id, pooling, batch_size, normalize)
+        return vectors[0] if single else vectors
 
     def classify(
         self,

@@ -10,6 +10,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
+import torch
 
 from tests.schemas import SCHEMAS
 from tests.serving import MODEL, Server
@@ -251,3 +252,41 @@ def test_logprob_bytes_of_cjk_and_emoji_tokens_make_the_text(server):
         len(alternatives) == 5 for alternatives in completion.choices[0].logprobs.top_logprobs
     )
     assert any(key.startswith("bytes:\\x") for key in keys)
+
+
+def test_embeddings_for_a_string_a_list_and_token_ids(server, smollm):
+    client = server.client()
+    texts = ["The cat sat on the mat.", "A kitten rested on a rug.", "Stocks fell sharply."]
+    one = client.embeddings.create(model=MODEL, input=texts[0])
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 576
+    many = client.embeddings.create(model=MODEL, input=texts)  # the client asks for base64
+    vectors = torch.tensor([d.embedding for d in many.data])
+    assert torch.allclose(vectors, smollm.embed(texts), atol=1e-5)
+    assert torch.allclose(vectors[0], torch.tensor(one.data[0].embedding), atol=1e-5)
+    similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert similar > unrelated
+    assert many.usage.prompt_tokens == sum(len(smollm.tokenizer.encode(t)) for t in texts)
+    floats = httpx.post(
+        f"{server.url}/v1/embeddings",
+        json={"model": MODEL, "input": [smollm.tokenizer.encode(texts[0])]},
+        timeout=60,
+    ).json()
+    assert torch.allclose(torch.tensor(floats["data"][0]["embedding"]), vectors[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body, param, fragment",
+    [
+        ({"input": ""}, "input", "input 0 is empty"),
+        ({"input": []}, "input", "give 1 to 2048"),
+        ({"input": "word " * 3000}, "input", "reads at most"),
+        ({"input": "hi", "dimensions": 64}, "dimensions", "cannot be shortened"),
+        ({"input": [[1, 2, 10**9]]}, "input", "outside"),
+    ],
+)
+def test_bad_embedding_requests(server, body, param, fragment):
+    reply = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, **body}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param and fragment in reply.json()["error"]["message"]
+    long = {"model": MODEL, "input": "word " * 3000, "truncate": True}
+    assert httpx.post(f"{server.url}/v1/embeddings", json=long, timeout=60).status_code == 200

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.cli.options import add_model_flags
+
 
 def embed_train(args: argparse.Namespace) -> int:
     from lmforge import embeddings as emb
@@ -72,9 +74,36 @@ def embed_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def embed_text(args: argparse.Namespace) -> int:
+    """One JSON line per text: the text and its vector, from a language model or word vectors."""
+    import json
+    import sys
+
+    from lmforge.errors import ConfigError
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.vectors:
+        if args.model:
+            raise ConfigError(
+                "give --model (a language model) or --vectors (word vectors), not both"
+            )
+        from lmforge.embeddings import KeyedVectors
+        from lmforge.embeddings.texts import embed_with_word_vectors
+
+        vectors = embed_with_word_vectors(KeyedVectors.load(args.vectors), texts)
+    else:
+        from lmforge.cli.options import load_model
+
+        lm = load_model(args)
+        vectors = lm.embed(texts, pooling=args.pooling, truncate=args.truncate)
+    for text, vector in zip(texts, vectors.tolist(), strict=True):
+        print(json.dumps({"text": text, "embedding": [round(x, 6) for x in vector]}))
+    return 0
+
+
 def add_parsers(verbs) -> None:
     embed = verbs.add_parser(
-        "embed", help="word2vec / GloVe: train, eval, neighbors, analogy, plot"
+        "embed", help="word2vec / GloVe: train, eval, neighbors, analogy, plot; text vectors"
     )
     actions = embed.add_subparsers(dest="embed_action", required=True)
     train = actions.add_parser("train", help="train word vectors on a text file or 'shakespeare'")
@@ -118,3 +147,12 @@ def add_parsers(verbs) -> None:
     plot.add_argument("--top", type=int, default=100, help="without words: the N most frequent")
     plot.add_argument("--method", choices=["pca", "tsne"], default="pca")
     plot.set_defaults(func=embed_plot)
+    text = actions.add_parser(
+        "text", help="vectors of texts (JSON lines) from a language model or word vectors"
+    )
+    text.add_argument("texts", nargs="*", help="texts to embed (default: lines of stdin)")
+    add_model_flags(text)
+    text.add_argument("--vectors", help="word2vec/GloVe vectors: each text's mean word vector")
+    text.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    text.add_argument("--truncate", action="store_true", help="cut texts longer than the context")
+    text.set_defaults(func=embed_text)

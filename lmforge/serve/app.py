@@ -1,8 +1,9 @@
 """An OpenAI-compatible HTTP API over one lmforge model, and the playground page.
 
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (JSON or
-server-sent events with `stream: true`), GET / (the playground), GET /v1/lmforge/info. A
-translation model (encoder-decoder) translates the prompt of /v1/completions.
+server-sent events with `stream: true`), POST /v1/embeddings, GET / (the playground),
+GET /v1/lmforge/info. A translation model (encoder-decoder) translates the prompt of
+/v1/completions.
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the status an
 OpenAI client expects, and never take the server down.
 """
@@ -13,7 +14,7 @@ from fastapi import FastAPI, Request
 
 from lmforge.serve.batcher import Batcher
 from lmforge.serve.openai import OpenAIService
-from lmforge.serve.routes import chat, completions, models
+from lmforge.serve.routes import chat, completions, embeddings, models
 from lmforge.serve.schemas import APIError, Settings
 from lmforge.serve.translations import TranslationWorker
 
@@ -34,7 +35,7 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
         )
     app.state.batcher = batcher
     service = OpenAIService(lm, settings, batcher)
-    for module in (models, completions, chat):
+    for module in (models, completions, chat, embeddings):
         app.include_router(module.router(service))
 
     @app.exception_handler(APIError)

@@ -170,6 +170,15 @@ class ChatRequest(SamplingRequest):
     parallel_tool_calls: bool = True
 
 
+class EmbeddingRequest(_Strict):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    truncate: bool = False  # lmforge's own: cut inputs longer than the context instead of a 400
+
+
 class Settings(BaseModel):
     """Server limits."""
 

@@ -1,0 +1,50 @@
+"""Text embeddings from a language model's hidden states and from word vectors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmforge.cli import main
+from lmforge.embeddings import KeyedVectors
+from lmforge.embeddings.texts import embed_with_word_vectors
+from lmforge.errors import ConfigError
+
+TEXTS = ["The cat sat on the mat.", "Hi", "A much longer sentence about stock markets falling."]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_a_batch_embeds_each_text_as_alone(smollm, pooling):
+    batch = smollm.embed(TEXTS, pooling=pooling)
+    assert batch.shape == (3, 576)
+    assert torch.allclose(batch.norm(dim=1), torch.ones(3), atol=1e-5)
+    for text, vector in zip(TEXTS, batch, strict=True):
+        assert torch.allclose(smollm.embed(text, pooling=pooling), vector, atol=1e-5)
+    raw = smollm.embed(TEXTS[0], pooling=pooling, normalize=False)
+    states = smollm.model.hidden(torch.tensor([smollm.tokenizer.encode(TEXTS[0])]))[0]
+    expected = states.mean(dim=0) if pooling == "mean" else states[-1]
+    assert torch.allclose(raw, expected.float(), atol=1e-5)
+
+
+def test_empty_and_too_long_texts(smollm):
+    with pytest.raises(ConfigError, match="input 1 is empty"):
+        smollm.embed(["fine", " "])
+    long = "word " * 9000
+    with pytest.raises(ConfigError, match="reads at most"):
+        smollm.embed(long)
+    assert smollm.embed(long, truncate=True).shape == (576,)
+
+
+def test_word_vectors_embed_a_text_as_its_mean_word(tmp_path, capsys):
+    words = KeyedVectors(["cat", "sat", "mat"], torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+    vector = embed_with_word_vectors(words, ["The cat sat, unknownword!"], normalize=False)[0]
+    assert torch.allclose(vector, torch.tensor([0.5, 1.0]))
+    with pytest.raises(ConfigError, match="no word in the vectors' vocabulary"):
+        embed_with_word_vectors(words, ["nothing known"])
+    path = tmp_path / "vectors.txt"
+    words.save(path)
+    assert main(["embed", "text", "cat mat", "--vectors", str(path)]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["text"] == "cat mat" and line["embedding"] == pytest.approx([1.0, 0.0])
