@@ -12,6 +12,7 @@ import pydantic
 import pytest
 import torch
 
+from lmforge.serve.tools import ReplyStream
 from tests.schemas import SCHEMAS
 from tests.serving import MODEL, Server
 
@@ -290,3 +291,42 @@ def test_bad_embedding_requests(server, body, param, fragment):
     assert reply.json()["error"]["param"] == param and fragment in reply.json()["error"]["message"]
     long = {"model": MODEL, "input": "word " * 3000, "truncate": True}
     assert httpx.post(f"{server.url}/v1/embeddings", json=long, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("step", [1, 2, 5])
+def test_a_reply_streams_as_openai_deltas_however_it_is_split(step):
+    """Tool calls: id, type and name first, then the arguments' text (escapes, brackets in
+    strings); a response: its text, escapes and surrogate pairs decoded across pieces."""
+    calls = {"a": 'Ro"me\\', "b": [1, {"c": "}]"}]}
+    text = json.dumps(
+        {
+            "tool_calls": [
+                {"name": "get_weather", "arguments": calls},
+                {"name": "t", "arguments": {}},
+            ]
+        }
+    )
+    stream, bodies = ReplyStream(), []
+    for start in range(0, len(text), step):
+        bodies += stream.bodies(0, text[start : start + step], None)
+    bodies += stream.bodies(0, "", "stop")
+    assert bodies[0]["delta"]["role"] == "assistant" and bodies[-1]["finish_reason"] == "tool_calls"
+    names, arguments = {}, {}
+    for body in bodies:
+        for call in body["delta"].get("tool_calls", []):
+            if "id" in call:
+                assert call["type"] == "function" and call["id"].startswith("call_")
+                names[call["index"]] = call["function"]["name"]
+            arguments[call["index"]] = (
+                arguments.get(call["index"], "") + call["function"]["arguments"]
+            )
+    assert names == {0: "get_weather", 1: "t"}
+    assert [json.loads(arguments[i]) for i in (0, 1)] == [calls, {}]
+
+    text = json.dumps({"response": 'Say "hi" \U0001f600 café'})  # \ud83d\ude00, \u00e9 escapes
+    stream, bodies = ReplyStream(), []
+    for start in range(0, len(text), step):
+        bodies += stream.bodies(0, text[start : start + step], None)
+    bodies += stream.bodies(0, "", "stop")
+    assert "".join(b["delta"].get("content") or "" for b in bodies) == 'Say "hi" \U0001f600 café'
+    assert bodies[-1]["finish_reason"] == "stop"

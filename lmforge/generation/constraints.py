@@ -143,8 +143,8 @@ class GrammarMask:
         self.bits = torch.arange(32, dtype=torch.int32)
 
     def state(self, generated: tuple[int, ...]):
-        """The matcher after `generated`: the previous step's state advanced by one token, or
-        (rarely: a cache rebuilt, a draft model's first step) replayed from the start."""
+        """The matcher after `generated`: the previous call's state advanced by one token, or
+        (the first step, or a history the previous call did not see) replayed from the start."""
         parent = self.states.get(generated[:-1]) if generated else None
         if parent is not None:
             matcher = parent.deep_copy()

@@ -198,3 +198,138 @@ def read_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
         return None, calls
     response = data["response"]
     return (response if isinstance(response, str) else json.dumps(response)), []
+
+
+class ReplyStream:
+    """Follows a reply in the generic tool format as it grows and says what to stream now:
+    OpenAI's tool-call deltas (a call's id, type and name once its name is complete, then its
+    arguments' JSON text as it comes, keyed by the call's index) or the response's text. The
+    reply is constrained and compact, so each part is found at a known place."""
+
+    CALLS, RESPONSE = '{"tool_calls": [', '{"response": '
+    NAME, ARGUMENTS = '{"name": ', ', "arguments": '
+
+    def __init__(self):
+        self.text, self.pos, self.state = "", 0, "start"
+        self.calls = 0  # calls begun
+        self.opened = False  # whether a delta went out (the first carries the role)
+        self.depth, self.in_string, self.escaped = 0, False, False
+
+    def bodies(self, choice: int, piece: str, finish_reason: str | None) -> list[dict]:
+        """The streamed choices `piece` completes (the first with the assistant's role), and
+        the last with the finish reason: "tool_calls" where calls were made and the reply was
+        not cut short."""
+        deltas = self.feed(piece)
+        if finish_reason and finish_reason != "length":
+            if self.state == "whole":
+                deltas.append({"content": read_reply(self.text)[0]})
+            finish_reason = "tool_calls" if self.calls else finish_reason
+        bodies = []
+        for delta in deltas:
+            if not self.opened:
+                delta, self.opened = {"role": "assistant", "content": None, **delta}, True
+            bodies.append(
+                {"index": choice, "delta": delta, "logprobs": None, "finish_reason": None}
+            )
+        if finish_reason:
+            bodies.append(
+                {"index": choice, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+            )
+        return bodies
+
+    def feed(self, piece: str) -> list[dict]:
+        """The deltas `piece` completes: {"tool_calls": [...]} or {"content": ...} dicts."""
+        self.text += piece
+        deltas: list[dict] = []
+        while True:
+            before = (self.state, self.pos)
+            getattr(self, "_" + self.state)(deltas)
+            if (self.state, self.pos) == before:
+                return deltas
+
+    def _start(self, deltas: list[dict]) -> None:
+        for prefix, state in ((self.CALLS, "call"), (self.RESPONSE, "response")):
+            if self.text.startswith(prefix):
+                self.pos, self.state = len(prefix), state
+
+    def _call(self, deltas: list[dict]) -> None:
+        if not self.text.startswith(self.NAME, self.pos):
+            return
+        try:
+            name, end = json.JSONDecoder().raw_decode(self.text, self.pos + len(self.NAME))
+        except json.JSONDecodeError:
+            return
+        if not self.text.startswith(self.ARGUMENTS, end):
+            return
+        head = {"index": self.calls, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function"}
+        deltas.append({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]})
+        self.calls += 1
+        self.pos, self.state, self.depth = end + len(self.ARGUMENTS), "arguments", 0
+
+    def _arguments(self, deltas: list[dict]) -> None:
+        start, end = self.pos, len(self.text)
+        for i in range(start, len(self.text)):
+            char = self.text[i]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"':
+                self.in_string = True
+            elif char in "{[":
+                self.depth += 1
+            elif char in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    end = i + 1
+                    self.state = "between"
+                    break
+        if end > start:
+            fragment = {"index": self.calls - 1, "function": {"arguments": self.text[start:end]}}
+            deltas.append({"tool_calls": [fragment]})
+        self.pos = end
+
+    def _between(self, deltas: list[dict]) -> None:
+        if self.text.startswith("}, ", self.pos):
+            self.pos, self.state = self.pos + 3, "call"
+        elif self.text.startswith("}]}", self.pos):
+            self.pos, self.state = self.pos + 3, "done"
+
+    def _response(self, deltas: list[dict]) -> None:
+        """A string response streams as its text; any other value (a response_format object)
+        waits for the whole reply."""
+        if self.pos < len(self.text):
+            self.state = "text" if self.text[self.pos] == '"' else "whole"
+            self.pos += self.state == "text"
+
+    def _text(self, deltas: list[dict]) -> None:
+        i, closed = self.pos, False
+        while i < len(self.text):  # up to the last complete character of the string
+            char = self.text[i]
+            if char == '"':
+                closed = True
+                break
+            if char != "\\":
+                i += 1
+                continue
+            escape = self.text[i : i + 12]
+            width = 6 if escape[1:2] == "u" else 2
+            if escape[1:2] == "u" and escape[2:4].upper() in ("D8", "D9", "DA", "DB"):
+                width = 12  # a surrogate pair
+            if len(escape) < width:
+                break
+            i += width
+        if i > self.pos:
+            deltas.append({"content": json.loads('"' + self.text[self.pos : i] + '"')})
+        self.pos = i + closed
+        if closed:
+            self.state = "done"
+
+    def _whole(self, deltas: list[dict]) -> None:
+        return
+
+    def _done(self, deltas: list[dict]) -> None:
+        return

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from lmforge.serve.openai import FINISH_REASONS, OpenAIService, usage
 from lmforge.serve.schemas import APIError, ChatRequest
-from lmforge.serve.tools import plan_chat, read_reply
+from lmforge.serve.tools import ReplyStream, plan_chat, read_reply
 
 
 def router(service: OpenAIService) -> APIRouter:
@@ -58,19 +58,15 @@ def router(service: OpenAIService) -> APIRouter:
             head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id}
             counts = [0] * req.n
 
-            replies = [""] * req.n
+            replies = [ReplyStream() for _ in range(req.n)]  # (for a reply in the tool format)
 
             def chunk(choice: int, event) -> list[dict]:
                 first = counts[choice] == 0
                 counts[choice] += event.token_id is not None
-                if plan.tools:  # the reply is read as a whole, then sent as OpenAI's deltas
-                    replies[choice] += event.text
-                    if not event.finish_reason:
-                        return []
-                    return [
-                        {**head, "choices": [body]}
-                        for body in tool_deltas(choice, replies[choice], event.finish_reason)
-                    ]
+                if plan.tools:
+                    reason = FINISH_REASONS.get(event.finish_reason)
+                    bodies = replies[choice].bodies(choice, event.text, reason)
+                    return [{**head, "choices": [body]} for body in bodies]
                 delta = (
                     {"role": "assistant", "content": event.text}
                     if first
@@ -130,28 +126,3 @@ def reply_message(text: str, finish_reason: str, tools: bool) -> tuple[dict, str
     if not calls:
         return {"role": "assistant", "content": content}, finish_reason
     return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-
-
-def tool_deltas(choice: int, text: str, finish_reason: str) -> list[dict]:
-    """A finished reply in the tool format as streamed choices: each call's id, type and name
-    first, its arguments after (keyed by the call's index), as OpenAI streams them."""
-    message, reason = reply_message(text, FINISH_REASONS[finish_reason], tools=True)
-    bodies = []
-    if "tool_calls" in message:
-        for index, call in enumerate(message["tool_calls"]):
-            head = {"index": index, "id": call["id"], "type": "function"}
-            function = call["function"]
-            for delta in (
-                {**head, "function": {"name": function["name"], "arguments": ""}},
-                {"index": index, "function": {"arguments": function["arguments"]}},
-            ):
-                first = not bodies
-                role = {"role": "assistant", "content": None} if first else {}
-                bodies.append({"index": choice, "delta": {**role, "tool_calls": [delta]}})
-    else:
-        bodies.append({"index": choice, "delta": {"role": "assistant", **message}})
-    bodies.append({"index": choice, "delta": {}, "finish_reason": reason})
-    for body in bodies:
-        body.setdefault("logprobs", None)
-        body.setdefault("finish_reason", None)
-    return bodies
