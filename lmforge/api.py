@@ -283,9 +283,12 @@ class LM:
         encoded, _ = self._batch(prompts, config.num_return_sequences)
         yield from stream_tokens(self.model, self.tokenizer, encoded, config, draft)
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template, ready for the reply."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Token ids of a conversation rendered with the chat template, ready for the reply
+        (`tools` for a template with its own tool format)."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def chat(self, messages: list[dict[str, Any]], stream: bool = False, **options):

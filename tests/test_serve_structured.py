@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
 
 import httpx
@@ -330,3 +331,70 @@ def test_a_reply_streams_as_openai_deltas_however_it_is_split(step):
     bodies += stream.bodies(0, "", "stop")
     assert "".join(b["delta"].get("content") or "" for b in bodies) == 'Say "hi" \U0001f600 café'
     assert bodies[-1]["finish_reason"] == "stop"
+
+
+HERMES_TEMPLATE = """{%- if tools %}<|im_start|>system
+{{ messages[0].content if messages[0].role == 'system' else 'You are a helpful assistant.' }}
+
+You may call functions. Their signatures are within <tools></tools> XML tags:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+For each call, return a JSON object with the function name and arguments within <tool_call></tool_call> tags.<|im_end|>
+{% elif messages[0].role == 'system' %}<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' or (message.role == 'assistant' and not message.tool_calls) %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% elif message.role == 'assistant' %}<|im_start|>assistant
+{%- for tool_call in message.tool_calls %}
+<tool_call>
+{"name": "{{ tool_call.function.name }}", "arguments": {{ tool_call.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+def test_a_template_with_its_own_tool_format_lists_tools_and_calls_in_tags(smollm):
+    """A Hermes-style template (Qwen2.5's kind) renders the tools, earlier calls and results
+    itself; a required call is constrained to its tags and read back as OpenAI's tool_calls."""
+    lm = copy.copy(smollm)
+    lm.tokenizer = copy.copy(smollm.tokenizer)
+    lm.tokenizer.chat_template = HERMES_TEMPLATE
+    running = Server(lm, max_tokens=96)
+    try:
+        client = running.client()
+        messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        args = dict(model=MODEL, tools=[WEATHER, TIME], temperature=0, parallel_tool_calls=False)
+        reply = client.chat.completions.create(messages=messages, tool_choice="required", **args)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        call = choice.message.tool_calls[0]
+        assert call.function.name in {"get_weather", "get_time"}
+        json.loads(call.function.arguments)
+        with client.chat.completions.stream(
+            messages=messages, tool_choice="required", **args
+        ) as stream:
+            streamed = stream.get_final_completion()
+        streamed_call = streamed.choices[0].message.tool_calls[0]
+        assert streamed_call.function.name == call.function.name
+        assert streamed_call.function.arguments == call.function.arguments
+        messages += [choice.message, {"role": "tool", "tool_call_id": call.id, "content": "Snow"}]
+        final = client.chat.completions.create(messages=messages, max_tokens=30, **args)
+        assert final.choices[0].finish_reason in {"stop", "length", "tool_calls"}
+    finally:
+        running.stop()
+    rendered = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tools=[WEATHER], add_generation_prompt=True
+    )
+    assert '"name": "get_weather"' in rendered and "<tools>" in rendered

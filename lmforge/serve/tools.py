@@ -1,22 +1,28 @@
 """OpenAI's structured output and tool calling, on constrained decoding.
 
-`response_format` becomes a JSON constraint. Tools use a generic format for models whose chat
-template has none (as llama.cpp's generic handler does): the tool list and an instruction go into
-the system message, decoding is constrained to `{"tool_calls": [{"name", "arguments"}, ...]}` or
-`{"response": ...}`, and the reply is read back into OpenAI's `tool_calls` with fresh ids. Earlier
-tool calls and results in the conversation are rendered in the same format.
+`response_format` becomes a JSON constraint. Tools take one of two formats. A template with its
+own tool format of the Hermes kind (Qwen2.5/3, Hermes, SmolLM3: calls as JSON between
+`<tool_call>` tags) lists the tools and renders earlier calls and results itself; decoding is
+constrained to its calls where a call is required. Other templates (SmolLM2's, Gemma's) get a
+generic format, as llama.cpp's generic handler does: the tool list and an instruction go into the
+system message, decoding is constrained to `{"tool_calls": [{"name", "arguments"}, ...]}` or
+`{"response": ...}`, and earlier calls and results are rendered in the same format. Either way
+the reply is read back into OpenAI's `tool_calls` with fresh ids.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.generation.constraints import JSON_STYLE
 from lmforge.serve.schemas import APIError, ChatRequest, Message, ResponseFormat
 
+TAG = "<tool_call>"  # the Hermes kind of template: each call between <tool_call> and </tool_call>
 STRING = {"type": "string"}
 NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -26,9 +32,10 @@ class ChatPlan:
     """What a chat request asks of the engine: the conversation for the template, constraint
     options, and whether the reply is tool-call JSON to read back."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
-    tools: bool = False
+    tools: str | None = None  # how a reply carries calls: "generic", "tagged", or None (no tools)
+    tool_list: list[dict[str, Any]] | None = None  # for a template that lists tools itself
 
 
 def response_format_options(response_format: ResponseFormat | None) -> dict[str, Any]:
@@ -54,7 +61,8 @@ def response_format_options(response_format: ResponseFormat | None) -> dict[str,
 def plan_chat(req: ChatRequest, template: str, check) -> ChatPlan:
     """The plan of a chat request. `check(**options)` validates constraint options (raising
     ConfigError), so a bad schema is named by the field it came from."""
-    messages = template_messages(req.messages, template)
+    tagged = TAG in template
+    messages = template_messages(req.messages, template, tagged)
     structured = response_format_options(req.response_format)
     _check(check, structured, "response_format")
     choice = req.tool_choice
@@ -92,14 +100,17 @@ def plan_chat(req: ChatRequest, template: str, check) -> ChatPlan:
         }
         for name in callable_names
     ]
+    single = not req.parallel_tool_calls or callable_names != names  # a named tool: one call
+    must_call = choice == "required" or not isinstance(choice, str | None)
+    if tagged:
+        return _tagged_plan(req, messages, calls, single, must_call, structured)
     call_list = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
-    if not req.parallel_tool_calls or callable_names != names:  # a named tool: one call
+    if single:
         call_list["maxItems"] = 1
     tool_calls = _object("tool_calls", call_list)
     response = _object("response", structured.get("json_schema", STRING))
     if structured.get("json"):
         response = _object("response", {"type": "object"})
-    must_call = choice == "required" or not isinstance(choice, str | None)
     schema = tool_calls if must_call else {"anyOf": [tool_calls, response]}
     listing = [
         {"name": tool.function.name, "description": tool.function.description or "",
@@ -116,7 +127,31 @@ def plan_chat(req: ChatRequest, template: str, check) -> ChatPlan:
         messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
     else:
         messages.insert(0, {"role": "system", "content": instruction})
-    return ChatPlan(messages, {"json_schema": schema}, tools=True)
+    return ChatPlan(messages, {"json_schema": schema}, tools="generic")
+
+
+def _tagged_plan(req, messages, calls, single, must_call, structured) -> ChatPlan:
+    """The template lists the tools; a reply is calls between tags, each as JSON, or (unless a
+    call is required) free text, or JSON where response_format asks for it."""
+    call = {"anyOf": calls, "x-guidance": JSON_STYLE}
+    rules = [
+        "calls: call" if single else r'calls: call ("\n" call)*',
+        r'call: "<tool_call>\n" arguments "\n</tool_call>"',
+        f"arguments: %json {json.dumps(call)}",
+    ]
+    if must_call:
+        start = "start: calls"
+    elif structured:
+        schema = structured.get("json_schema", {"type": "object"})
+        start = "start: calls | response"
+        style = {**JSON_STYLE, **schema.get("x-guidance", {})}
+        rules.append(f"response: %json {json.dumps({**schema, 'x-guidance': style})}")
+    else:
+        start = "start: calls | TEXT"
+        rules.append("TEXT: /[^<](?s:.*)/")  # anything not beginning like a call
+    tool_list = [tool.model_dump(exclude_none=True) for tool in req.tools]
+    grammar = "\n".join([start, *rules])
+    return ChatPlan(messages, {"grammar": grammar}, tools="tagged", tool_list=tool_list)
 
 
 def _object(key: str, value: dict) -> dict:
@@ -137,14 +172,16 @@ def _check(check, options: dict[str, Any], param: str) -> None:
         raise APIError(400, f"{param}: {exc}", param=param, code="invalid_parameter") from None
 
 
-def template_messages(messages: list[Message], template: str) -> list[dict[str, str]]:
+def template_messages(messages: list[Message], template: str, tagged: bool) -> list[dict[str, Any]]:
     """OpenAI's messages as the chat template reads them: text parts joined, `developer` as
-    `system` where the template has no such role, assistant tool calls and tool results in the
-    generic tool format (a `tool` role is kept where the template knows it)."""
+    `system` where the template has no such role. A template of the tagged kind renders calls and
+    results itself (arguments as objects); otherwise they are written in the generic format (a
+    `tool` role is kept where the template names it, else the result is a user message)."""
     rendered, names = [], {}
     for i, message in enumerate(messages):
         role, content = message.role, message.content
         text = content if isinstance(content, str) else "".join(p.text for p in content or [])
+        entry: dict[str, Any] = {}
         if role == "developer" and "developer" not in template:
             role = "system"
         if role == "assistant" and message.tool_calls:
@@ -160,7 +197,13 @@ def template_messages(messages: list[Message], template: str) -> list[dict[str, 
                         param=f"messages.{i}.tool_calls",
                     ) from None
                 calls.append({"name": call.function.name, "arguments": arguments})
-            text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+            if tagged:
+                entry["tool_calls"] = [
+                    {"id": call.id, "type": "function", "function": body}
+                    for call, body in zip(message.tool_calls, calls, strict=True)
+                ]
+            else:
+                text = json.dumps({"tool_calls": calls}, ensure_ascii=False)
         elif role == "tool":
             if not message.tool_call_id:
                 raise APIError(
@@ -168,6 +211,7 @@ def template_messages(messages: list[Message], template: str) -> list[dict[str, 
                     f"messages[{i}]: a tool message needs the tool_call_id it answers",
                     param=f"messages.{i}.tool_call_id",
                 )
+            entry["tool_call_id"] = message.tool_call_id
             if "tool" not in template:
                 role = "user"
                 result = {"name": names.get(message.tool_call_id), "content": text}
@@ -176,41 +220,49 @@ def template_messages(messages: list[Message], template: str) -> list[dict[str, 
             raise APIError(
                 400, f"messages[{i}]: a {role} message needs content", param=f"messages.{i}.content"
             )
-        rendered.append({"role": role, "content": text})
+        rendered.append({"role": role, "content": text, **entry})
     return rendered
 
 
-def read_reply(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(content, tool_calls) of a finished reply in the generic tool format."""
-    data = json.loads(text)
-    if "tool_calls" in data:
-        calls = [
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": call["name"],
-                    "arguments": json.dumps(call["arguments"], ensure_ascii=False),
-                },
-            }
-            for call in data["tool_calls"]
-        ]
-        return None, calls
-    response = data["response"]
-    return (response if isinstance(response, str) else json.dumps(response)), []
+def read_reply(text: str, tools: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a finished reply in the `tools` format ("generic" or "tagged")."""
+    if tools == "tagged":
+        bodies = re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text, re.DOTALL)
+        if not bodies:
+            return text, []
+        found = [json.loads(body) for body in bodies]
+    else:
+        data = json.loads(text)
+        if "tool_calls" not in data:
+            response = data["response"]
+            return (response if isinstance(response, str) else json.dumps(response)), []
+        found = data["tool_calls"]
+    return None, [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": call["name"],
+                "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+            },
+        }
+        for call in found
+    ]
 
 
 class ReplyStream:
-    """Follows a reply in the generic tool format as it grows and says what to stream now:
-    OpenAI's tool-call deltas (a call's id, type and name once its name is complete, then its
-    arguments' JSON text as it comes, keyed by the call's index) or the response's text. The
-    reply is constrained and compact, so each part is found at a known place."""
+    """Follows a reply in a tool format as it grows and says what to stream now. In the generic
+    format: OpenAI's tool-call deltas (a call's id, type and name once its name is complete, then
+    its arguments' JSON text as it comes, keyed by the call's index) or the response's text; the
+    reply is constrained and compact, so each part is found at a known place. In the tagged
+    format: text as it comes, or calls once the reply is complete."""
 
     CALLS, RESPONSE = '{"tool_calls": [', '{"response": '
     NAME, ARGUMENTS = '{"name": ', ', "arguments": '
 
-    def __init__(self):
-        self.text, self.pos, self.state = "", 0, "start"
+    def __init__(self, tools: str = "generic"):
+        self.tools = tools
+        self.text, self.pos, self.state = "", 0, "start" if tools == "generic" else "tagged"
         self.calls = 0  # calls begun
         self.opened = False  # whether a delta went out (the first carries the role)
         self.depth, self.in_string, self.escaped = 0, False, False
@@ -220,9 +272,18 @@ class ReplyStream:
         the last with the finish reason: "tool_calls" where calls were made and the reply was
         not cut short."""
         deltas = self.feed(piece)
+        if finish_reason and finish_reason != "length" and self.state == "whole":
+            content, calls = read_reply(self.text, self.tools)
+            for index, call in enumerate(calls):
+                function = call["function"]
+                head = {"index": index, "id": call["id"], "type": "function"}
+                deltas.append({"tool_calls": [{**head, "function": {**function, "arguments": ""}}]})
+                args = {"index": index, "function": {"arguments": function["arguments"]}}
+                deltas.append({"tool_calls": [args]})
+            self.calls = len(calls)
+            if not calls:
+                deltas.append({"content": content})
         if finish_reason and finish_reason != "length":
-            if self.state == "whole":
-                deltas.append({"content": read_reply(self.text)[0]})
             finish_reason = "tool_calls" if self.calls else finish_reason
         bodies = []
         for delta in deltas:
@@ -327,6 +388,16 @@ class ReplyStream:
         self.pos = i + closed
         if closed:
             self.state = "done"
+
+    def _tagged(self, deltas: list[dict]) -> None:
+        """A reply of the tagged kind: calls are read whole at the end; other text streams."""
+        if self.text:
+            self.state = "whole" if self.text.startswith("<") else "plain"
+
+    def _plain(self, deltas: list[dict]) -> None:
+        if self.pos < len(self.text):
+            deltas.append({"content": self.text[self.pos :]})
+            self.pos = len(self.text)
 
     def _whole(self, deltas: list[dict]) -> None:
         return

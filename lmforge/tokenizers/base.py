@@ -69,9 +69,13 @@ class Tokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Render a conversation with the model's own Jinja chat template (as transformers does)."""
+        """Render a conversation with the model's own Jinja chat template (as transformers does;
+        `tools`, OpenAI's function list, for a template that lists them itself)."""
         if not self.chat_template:
             raise ConfigError(
                 "this model has no chat template; use plain generation (a prompt, not messages)"
@@ -84,6 +88,7 @@ class Tokenizer:
         template = _compile_template(self.chat_template)
         return template.render(
             messages=messages,
+            tools=tools,
             add_generation_prompt=add_generation_prompt,
             bos_token=self._token_text(self.bos_id),
             eos_token=self._token_text(self.eos_ids[0] if self.eos_ids else None),

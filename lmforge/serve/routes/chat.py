@@ -36,7 +36,7 @@ def router(service: OpenAIService) -> APIRouter:
             )
         plan = plan_chat(req, lm.tokenizer.chat_template, lm.config)
         try:
-            ids = lm.chat_prompt(plan.messages)
+            ids = lm.chat_prompt(plan.messages, plan.tool_list)
         except Exception as exc:  # noqa: BLE001 - a template may reject a conversation
             raise APIError(
                 400, f"messages: the chat template rejected them: {exc}", param="messages"
@@ -58,7 +58,7 @@ def router(service: OpenAIService) -> APIRouter:
             head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id}
             counts = [0] * req.n
 
-            replies = [ReplyStream() for _ in range(req.n)]  # (for a reply in the tool format)
+            replies = [ReplyStream(plan.tools) for _ in range(req.n)] if plan.tools else []
 
             def chunk(choice: int, event) -> list[dict]:
                 first = counts[choice] == 0
@@ -116,13 +116,13 @@ def router(service: OpenAIService) -> APIRouter:
     return routes
 
 
-def reply_message(text: str, finish_reason: str, tools: bool) -> tuple[dict, str]:
-    """The assistant message of a finished choice and its finish reason: a reply in the tool
+def reply_message(text: str, finish_reason: str, tools: str | None) -> tuple[dict, str]:
+    """The assistant message of a finished choice and its finish reason: a reply in a tool
     format becomes `tool_calls` (finish reason "tool_calls") or content; a reply cut short
     stays the text it is, with finish reason "length"."""
     if not tools or finish_reason == "length":
         return {"role": "assistant", "content": text}, finish_reason
-    content, calls = read_reply(text)
+    content, calls = read_reply(text, tools)
     if not calls:
         return {"role": "assistant", "content": content}, finish_reason
     return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
