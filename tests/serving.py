@@ -17,13 +17,17 @@ MODEL = "smollm2-135m-instruct"
 class Server:
     """An app served by uvicorn on a free port of 127.0.0.1, in a background thread."""
 
-    def __init__(self, lm, **settings):
+    def __init__(self, lm, app=None, **settings):
+        """`lm` served by `create_app`, or `app` as it is."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.settings = Settings(**{"model_id": MODEL, **settings})
         config = uvicorn.Config(
-            create_app(lm, self.settings), host="127.0.0.1", port=self.port, log_level="warning"
+            app or create_app(lm, self.settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -48,3 +48,23 @@ def test_word_vectors_embed_a_text_as_its_mean_word(tmp_path, capsys):
     assert main(["embed", "text", "cat mat", "--vectors", str(path)]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["text"] == "cat mat" and line["embedding"] == pytest.approx([1.0, 0.0])
+
+
+def test_word_vectors_serve_as_an_embeddings_model():
+    import openai
+
+    from lmforge.serve import Settings, create_vectors_app
+    from tests.serving import Server
+
+    words = KeyedVectors(["cat", "sat", "mat"], torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+    running = Server(None, app=create_vectors_app(words, Settings(model_id="words")))
+    try:
+        client = running.client()
+        reply = client.embeddings.create(model="words", input=["cat sat", "mat"])
+        expected = embed_with_word_vectors(words, ["cat sat", "mat"])
+        assert torch.allclose(torch.tensor([d.embedding for d in reply.data]), expected)
+        with pytest.raises(openai.BadRequestError, match="no word in the vectors"):
+            client.embeddings.create(model="words", input="dog")
+        assert [m.id for m in client.models.list()] == ["words"]
+    finally:
+        running.stop()

@@ -25,6 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"--{name.replace('_', '-')} {getattr(args, name)}: expected at least 1"
             )
     listening = bind(args.host, args.port)  # before loading: a busy port fails at once
+    if args.vectors:
+        return serve_vectors(args, listening)
     lm = load_model(args)
     settings = Settings(
         model_id=args.model_id or str(args.model or DEFAULT_MODEL),
@@ -49,6 +51,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     app.state.batcher.work_forever()  # the model stays on the thread that loaded it
     return 0 if server.started else 1
+
+
+def serve_vectors(args: argparse.Namespace, listening: socket.socket) -> int:
+    """Word vectors as an embeddings-only API (each text's mean word vector)."""
+    import uvicorn
+
+    from lmforge.embeddings import KeyedVectors
+    from lmforge.serve import Settings, create_vectors_app
+
+    if args.model:
+        raise ConfigError("give --model (a language model) or --vectors (word vectors), not both")
+    settings = Settings(model_id=args.model_id or args.vectors, api_key=args.api_key)
+    app = create_vectors_app(KeyedVectors.load(args.vectors), settings)
+    print(f"lmforge serve: http://{args.host}:{args.port}/v1/embeddings", file=sys.stderr)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listening])
+    return 0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -78,6 +96,9 @@ def add_parsers(verbs) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY`")
     serve.add_argument("--model-id", help="the name clients use (default: --model)")
+    serve.add_argument(
+        "--vectors", help="serve word2vec/GloVe vectors as an embeddings model instead"
+    )
     serve.add_argument("--max-tokens", type=int, default=2048, help="per-request limit")
     serve.add_argument("--max-batch", type=int, default=8, help="rows generated together")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds per request")

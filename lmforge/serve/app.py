@@ -3,7 +3,7 @@
 Routes: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (JSON or
 server-sent events with `stream: true`), POST /v1/embeddings, GET / (the playground),
 GET /v1/lmforge/info. A translation model (encoder-decoder) translates the prompt of
-/v1/completions.
+/v1/completions. Word vectors serve /v1/embeddings alone (`create_vectors_app`).
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with the status an
 OpenAI client expects, and never take the server down.
 """
@@ -18,7 +18,7 @@ from lmforge.serve.routes import chat, completions, embeddings, models
 from lmforge.serve.schemas import APIError, Settings
 from lmforge.serve.translations import TranslationWorker
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["Settings", "create_app", "create_vectors_app"]
 
 
 def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAPI:
@@ -35,8 +35,37 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
         )
     app.state.batcher = batcher
     service = OpenAIService(lm, settings, batcher)
-    for module in (models, completions, chat, embeddings):
+    for module in (models, completions, chat):
         app.include_router(module.router(service))
+    embedder = None if lm.encoder_decoder else embeddings.ModelEmbedder(lm, service.context)
+    app.include_router(embeddings.router(service, embedder))
+    _answer_errors(app)
+    return app
+
+
+def create_vectors_app(vectors, settings: Settings) -> FastAPI:
+    """An embeddings-only API over word vectors (`KeyedVectors`): /health, /v1/models and
+    /v1/embeddings, each text embedded as the mean of its known words' vectors."""
+    app = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
+    service = OpenAIService(None, settings, None)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_id}
+
+    @app.get("/v1/models")
+    async def listing(request: Request):
+        service.authorize(request)
+        card = {"id": settings.model_id, "object": "model", "created": service.created}
+        return {"object": "list", "data": [{**card, "owned_by": "lmforge"}]}
+
+    app.include_router(embeddings.router(service, embeddings.WordVectorEmbedder(vectors)))
+    _answer_errors(app)
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error in OpenAI's shape, with the status an OpenAI client expects."""
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError):
@@ -50,5 +79,3 @@ def create_app(lm, settings: Settings, background_worker: bool = True) -> FastAP
     @app.exception_handler(405)
     async def wrong_method(request: Request, _):
         return APIError(405, f"{request.method} is not allowed on {request.url.path}").response()
-
-    return app

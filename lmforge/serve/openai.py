@@ -49,9 +49,10 @@ class ChoiceResult:
 class OpenAIService:
     """One model behind OpenAI's request and response shapes."""
 
-    def __init__(self, lm, settings: Settings, batcher: Batcher):
+    def __init__(self, lm, settings: Settings, batcher: Batcher | None):
+        """`lm` and `batcher` are None for an embeddings-only server (word vectors)."""
         self.lm, self.settings, self.batcher = lm, settings, batcher
-        self.context = batcher.cache_len  # prompt + max_tokens of one request must fit a row
+        self.context = batcher.cache_len if batcher else 0  # a request's prompt + max_tokens
         self.created = int(time.time())
 
     # Requests -------------------------------------------------------------------------------
