@@ -34,6 +34,7 @@ import lmforge  # noqa: E402
 from lmforge.checkpoints import locate_known  # noqa: E402
 from lmforge.generation import constraints  # noqa: E402
 from lmforge.generation.config import GenerationConfig  # noqa: E402
+from lmforge.generation.processors import GrammarMask  # noqa: E402
 from tests.schemas import SCHEMAS  # noqa: E402
 
 REQUESTS = [
@@ -46,7 +47,7 @@ class MaskTimer:
     """Wraps GrammarMask.__call__ to add up the time spent masking."""
 
     def __init__(self):
-        self.seconds, self.calls, self.original = 0.0, 0, constraints.GrammarMask.__call__
+        self.seconds, self.calls, self.original = 0.0, 0, GrammarMask.__call__
         timer = self
 
         def timed(mask, history, scores):
@@ -56,7 +57,7 @@ class MaskTimer:
             timer.calls += 1
             return result
 
-        constraints.GrammarMask.__call__ = timed
+        GrammarMask.__call__ = timed
 
 
 def decode_rate(lm, prompts, runs: int, **options) -> tuple[float, int]:

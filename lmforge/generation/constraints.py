@@ -2,14 +2,10 @@
 
 llguidance compiles the constraint and, for the text generated so far, gives the set of tokens
 that may come next as a bitmask over the vocabulary (tens of microseconds for 49k tokens). The
-`GrammarMask` processor sets every other token's score to -inf before any sampling warper, so
-greedy, sampling, beam search, speculative decoding and the server's batch all obey it. End
-tokens are allowed only where the grammar accepts the text.
-
-The processor finds each row's grammar state from the row's own history (the tokens generated
-so far): a row's state is its parent's (the same tokens but the last) advanced by one token. So
-beam search forking and reordering rows, rows leaving a batch, or a speculative draft being
-rejected need nothing from the engine: a state is looked up by the tokens that led to it.
+`GrammarMask` processor (in processors.py) sets every other token's score to -inf before any
+sampling warper, so greedy, sampling, beam search, speculative decoding and the server's batch
+all obey it. End tokens are allowed only where the grammar accepts the text. This module turns
+the options into llguidance's grammar and tokenizer, with errors that say what is wrong.
 """
 
 from __future__ import annotations
@@ -18,13 +14,10 @@ import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig, eos_ids
 
 if TYPE_CHECKING:
-    from lmforge.generation.processors import History
     from lmforge.tokenizers import Tokenizer
 
 CONSTRAINT_OPTIONS = ("json_schema", "regex", "grammar", "choice", "json")
@@ -127,46 +120,3 @@ def compile_constraint(
     if failed:
         raise ConfigError(f"{option} cannot be compiled: {messages[0].strip()}", option=option)
     return grammar, lltok
-
-
-class GrammarMask:
-    """A processor allowing only the tokens the grammar accepts next, for every row."""
-
-    def __init__(self, grammar: str, lltok, vocab_size: int):
-        """`grammar` and `lltok` as `compile_constraint` gives them."""
-        import llguidance
-
-        self.new_matcher = lambda: llguidance.LLMatcher(lltok, grammar)
-        self.vocab_size = vocab_size
-        self.words = (vocab_size + 31) // 32
-        self.states: dict[tuple[int, ...], Any] = {}  # the states of the previous call's rows
-        self.bits = torch.arange(32, dtype=torch.int32)
-
-    def state(self, generated: tuple[int, ...]):
-        """The matcher after `generated`: the previous call's state advanced by one token, or
-        (the first step, or a history the previous call did not see) replayed from the start."""
-        parent = self.states.get(generated[:-1]) if generated else None
-        if parent is not None:
-            matcher = parent.deep_copy()
-            matcher.consume_token(generated[-1])
-        else:
-            matcher = self.new_matcher()
-            matcher.consume_tokens(list(generated))
-        return matcher
-
-    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
-        rows = history.tokens[:, history.prompt_len :].tolist()
-        current: dict[tuple[int, ...], Any] = {}
-        masks = torch.full((len(rows), self.words), -1, dtype=torch.int32)
-        for row, tokens in enumerate(rows):
-            generated = tuple(tokens)
-            matcher = current.get(generated)
-            if matcher is None:
-                matcher = current[generated] = self.state(generated)
-            if matcher.is_error():  # a row that ended (its tokens are ignored) went past the end
-                continue
-            line = masks[row]
-            matcher.unsafe_compute_mask_ptr(line.data_ptr(), line.numel() * line.element_size())
-        self.states = current
-        allowed = ((masks[:, :, None] >> self.bits) & 1).view(len(rows), -1)[:, : self.vocab_size]
-        return scores.masked_fill(allowed.to(scores.device) == 0, -float("inf"))

@@ -8,12 +8,13 @@ token history of each row and the (rows, vocab) scores, and returns new scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from lmforge.errors import ConfigError
 from lmforge.generation.config import GenerationConfig
-from lmforge.generation.constraints import GrammarMask, compile_constraint
+from lmforge.generation.constraints import compile_constraint
 
 
 @dataclass
@@ -103,6 +104,54 @@ class NoRepeatNGram:
             if banned:
                 scores[row, banned] = -float("inf")
         return scores
+
+
+class GrammarMask:
+    """Allow only the tokens the constraint's grammar accepts next, in every row.
+
+    Each row's grammar state comes from the row's own history (the tokens generated so far): the
+    state after t1..tn is the previous call's state for t1..tn-1, copied and advanced by tn. So
+    beam search forking and reordering rows, rows leaving a batch, or a speculative draft being
+    rejected need nothing from the engine: a state is looked up by the tokens that led to it."""
+
+    def __init__(self, grammar: str, lltok, vocab_size: int):
+        """`grammar` and `lltok` as `compile_constraint` gives them."""
+        import llguidance
+
+        self.new_matcher = lambda: llguidance.LLMatcher(lltok, grammar)
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.states: dict[tuple[int, ...], Any] = {}  # the states of the previous call's rows
+        self.bits = torch.arange(32, dtype=torch.int32)
+
+    def state(self, generated: tuple[int, ...]):
+        """The matcher after `generated`: the previous call's state advanced by one token, or
+        (the first step, or a history the previous call did not see) replayed from the start."""
+        parent = self.states.get(generated[:-1]) if generated else None
+        if parent is not None:
+            matcher = parent.deep_copy()
+            matcher.consume_token(generated[-1])
+        else:
+            matcher = self.new_matcher()
+            matcher.consume_tokens(list(generated))
+        return matcher
+
+    def __call__(self, history: History, scores: torch.Tensor) -> torch.Tensor:
+        rows = history.tokens[:, history.prompt_len :].tolist()
+        current: dict[tuple[int, ...], Any] = {}
+        masks = torch.full((len(rows), self.words), -1, dtype=torch.int32)
+        for row, tokens in enumerate(rows):
+            generated = tuple(tokens)
+            matcher = current.get(generated)
+            if matcher is None:
+                matcher = current[generated] = self.state(generated)
+            if matcher.is_error():  # a row that ended (its tokens are ignored) went past the end
+                continue
+            line = masks[row]
+            matcher.unsafe_compute_mask_ptr(line.data_ptr(), line.numel() * line.element_size())
+        self.states = current
+        allowed = ((masks[:, :, None] >> self.bits) & 1).view(len(rows), -1)[:, : self.vocab_size]
+        return scores.masked_fill(allowed.to(scores.device) == 0, -float("inf"))
 
 
 class Temperature:

@@ -30,11 +30,11 @@ NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": Fals
 @dataclass
 class ChatPlan:
     """What a chat request asks of the engine: the conversation for the template, constraint
-    options, and whether the reply is tool-call JSON to read back."""
+    options, and the format a reply carries tool calls in (None: no tools)."""
 
     messages: list[dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
-    tools: str | None = None  # how a reply carries calls: "generic", "tagged", or None (no tools)
+    tools: str | None = None  # "generic" or "tagged"
     tool_list: list[dict[str, Any]] | None = None  # for a template that lists tools itself
 
 
