@@ -132,7 +132,8 @@ def main() -> None:
             rows.append((label, batch, free, constrained, mask_us, tokens))
     times = compile_times(lm)
     print(
-        "\n| lmforge | batch | unconstrained tok/s | with the schema tok/s | cost | mask us/step |"
+        "\n| lmforge | batch | unconstrained tok/s a sequence | with the schema | cost "
+        "| mask us/step |"
     )
     print("|---|---|---|---|---|---|")
     for label, batch, free, constrained, mask_us, _ in rows:

@@ -31,7 +31,7 @@ SCHEMAS: list[tuple[str, dict]] = [
             "type": "object",
             "properties": {
                 "city": NAME,
-                "celsius": {"type": "number", "minimum": -50, "maximum": 50},
+                "celsius": {"type": "number", "minimum": -50, "maximum": 50, "multipleOf": 0.1},
             },
             "required": ["city", "celsius"],
         },
@@ -148,7 +148,10 @@ SCHEMAS: list[tuple[str, dict]] = [
         "Give the probability of rain tomorrow as a number between 0 and 1, as JSON.",
         {
             "type": "object",
-            "properties": {"probability": {"type": "number", "minimum": 0, "maximum": 1}},
+            "properties": {
+                # a bound on the digits too: sampled, a free number can run on to max_new_tokens
+                "probability": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01}
+            },
             "required": ["probability"],
         },
     ),
