@@ -31,7 +31,7 @@ SCHEMAS: list[tuple[str, dict]] = [
             "type": "object",
             "properties": {
                 "city": NAME,
-                "celsius": {"type": "number", "minimum": -50, "maximum": 50, "multipleOf": 0.1},
+                "celsius": {"type": "number", "minimum": -50, "maximum": 50, "multipleOf": 0.5},
             },
             "required": ["city", "celsius"],
         },
@@ -150,7 +150,8 @@ SCHEMAS: list[tuple[str, dict]] = [
             "type": "object",
             "properties": {
                 # a bound on the digits too: sampled, a free number can run on to max_new_tokens
-                "probability": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01}
+                # (a binary fraction, as jsonschema checks multipleOf in floating point)
+                "probability": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.25}
             },
             "required": ["probability"],
         },

@@ -100,7 +100,7 @@ def test_output_cut_before_the_grammar_accepts_says_length(smollm):
 
 
 def test_any_json_object_is_compact(smollm):
-    result = ask(smollm, "Describe a cat in JSON.", json=True, max_new_tokens=200)
+    result = ask(smollm, "Describe a cat in JSON.", json=True, max_new_tokens=60)
     if result.finish_reason == "eos":
         assert isinstance(json.loads(result.text), dict)
     assert "\n" not in result.text and "  " not in result.text  # whitespace is bounded

@@ -100,6 +100,16 @@ def test_tool_call_round_trip(server):
     assert answer.finish_reason in {"stop", "tool_calls", "length"}
     if answer.finish_reason == "stop":
         assert isinstance(answer.message.content, str) and not answer.message.tool_calls
+    with client.chat.completions.stream(
+        model=MODEL, messages=messages, tools=[WEATHER, TIME], max_tokens=60, temperature=0
+    ) as stream:
+        streamed = stream.get_final_completion().choices[0]
+    assert streamed.finish_reason == answer.finish_reason
+    if answer.finish_reason != "length":  # (cut short, one streams what it decoded, one the text)
+        assert streamed.message.content == answer.message.content
+        assert [c.function.name for c in streamed.message.tool_calls or []] == [
+            c.function.name for c in answer.message.tool_calls or []
+        ]
 
 
 def test_named_tool_choice_and_a_streamed_call(server):
@@ -290,8 +300,14 @@ def test_bad_embedding_requests(server, body, param, fragment):
     reply = httpx.post(f"{server.url}/v1/embeddings", json={"model": MODEL, **body}, timeout=60)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param and fragment in reply.json()["error"]["message"]
+    fine = {"model": MODEL, "input": "word"}
+    assert httpx.post(f"{server.url}/v1/embeddings", json=fine, timeout=60).status_code == 200
+
+
+def test_an_over_long_embedding_input_is_cut_when_asked(server):
     long = {"model": MODEL, "input": "word " * 3000, "truncate": True}
-    assert httpx.post(f"{server.url}/v1/embeddings", json=long, timeout=60).status_code == 200
+    reply = httpx.post(f"{server.url}/v1/embeddings", json=long, timeout=60)
+    assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] == 2048
 
 
 @pytest.mark.parametrize("step", [1, 2, 5])

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import lmforge
 from lmforge.cli import main
 from lmforge.embeddings import KeyedVectors
 from lmforge.embeddings.texts import embed_with_word_vectors
@@ -28,13 +29,15 @@ def test_a_batch_embeds_each_text_as_alone(smollm, pooling):
     assert torch.allclose(raw, expected.float(), atol=1e-5)
 
 
-def test_empty_and_too_long_texts(smollm):
+def test_empty_and_too_long_texts(tiny_gpt2_dir):
+    lm = lmforge.load(tiny_gpt2_dir[0])  # a context of 128 tokens
     with pytest.raises(ConfigError, match="input 1 is empty"):
-        smollm.embed(["fine", " "])
-    long = "word " * 9000
-    with pytest.raises(ConfigError, match="reads at most"):
-        smollm.embed(long)
-    assert smollm.embed(long, truncate=True).shape == (576,)
+        lm.embed(["fine", " "])
+    long = " ".join(["word"] * 200)
+    with pytest.raises(ConfigError, match="has 200 tokens; this model reads at most 128"):
+        lm.embed(long)
+    cut = lm.embed(long, truncate=True)
+    assert torch.allclose(cut, lm.embed(" ".join(["word"] * 128)), atol=1e-5)
 
 
 def test_word_vectors_embed_a_text_as_its_mean_word(tmp_path, capsys):
