@@ -212,12 +212,6 @@ class GenerationConfig:
         )
 
     def validate(self) -> None:
-        def check(name: str, ok: bool, expected: str) -> None:
-            if not ok:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)!r} is invalid; expected {expected}", option=name
-                )
-
         def number(name: str) -> bool:
             value = getattr(self, name)
             return (
@@ -226,76 +220,78 @@ class GenerationConfig:
                 and math.isfinite(value)
             )
 
-        check(
+        self._check(
             "max_new_tokens",
             isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
             "an integer >= 0",
         )
         if self.temperature is not None:
-            check("temperature", number("temperature") and self.temperature >= 0, "a number >= 0")
+            self._check(
+                "temperature", number("temperature") and self.temperature >= 0, "a number >= 0"
+            )
         if self.top_k is not None:
-            check(
+            self._check(
                 "top_k",
                 isinstance(self.top_k, int) and self.top_k >= 0,
                 "an integer >= 0 (0 disables)",
             )
         if self.top_p is not None:
-            check("top_p", number("top_p") and 0 < self.top_p <= 1, "a number in (0, 1]")
+            self._check("top_p", number("top_p") and 0 < self.top_p <= 1, "a number in (0, 1]")
         if self.min_p is not None:
-            check("min_p", number("min_p") and 0 <= self.min_p <= 1, "a number in [0, 1]")
+            self._check("min_p", number("min_p") and 0 <= self.min_p <= 1, "a number in [0, 1]")
         if self.typical_p is not None:
-            check(
+            self._check(
                 "typical_p", number("typical_p") and 0 < self.typical_p <= 1, "a number in (0, 1]"
             )
         if self.repetition_penalty is not None:
-            check(
+            self._check(
                 "repetition_penalty",
                 number("repetition_penalty") and self.repetition_penalty > 0,
                 "a number > 0",
             )
         for name in ("frequency_penalty", "presence_penalty"):
-            check(
+            self._check(
                 name,
                 number(name) and -2 <= getattr(self, name) <= 2,
                 "a number in [-2, 2] (OpenAI's range)",
             )
-        check(
+        self._check(
             "no_repeat_ngram_size",
             isinstance(self.no_repeat_ngram_size, int) and self.no_repeat_ngram_size >= 0,
             "an integer >= 0",
         )
-        check(
+        self._check(
             "num_beams", isinstance(self.num_beams, int) and self.num_beams >= 1, "an integer >= 1"
         )
-        check("length_penalty", number("length_penalty"), "a finite number")
-        check(
+        self._check("length_penalty", number("length_penalty"), "a finite number")
+        self._check(
             "early_stopping",
             self.early_stopping in (True, False, "never"),
             "True, False or 'never'",
         )
-        check(
+        self._check(
             "num_return_sequences",
             isinstance(self.num_return_sequences, int) and self.num_return_sequences >= 1,
             "an integer >= 1",
         )
         if self.num_beams > 1:
-            check(
+            self._check(
                 "num_return_sequences",
                 self.num_return_sequences <= self.num_beams,
                 f"<= num_beams={self.num_beams}",
             )
-        check(
+        self._check(
             "stop",
             isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
             "a list of non-empty strings",
         )
-        check(
+        self._check(
             "top_logprobs",
             isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= 20,
             "an integer in [0, 20]",
         )
-        check("truncate", self.truncate in (None, "left"), "None or 'left'")
-        check(
+        self._check("truncate", self.truncate in (None, "left"), "None or 'left'")
+        self._check(
             "suppress_tokens",
             isinstance(self.suppress_tokens, list)
             and all(isinstance(t, int) and t >= 0 for t in self.suppress_tokens),
@@ -311,30 +307,39 @@ class GenerationConfig:
                     f"logit_bias entry {token!r}: {bias!r} is invalid; expected token id (int) -> number"
                 )
         if self.seed is not None:
-            check(
+            self._check(
                 "seed",
                 isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
                 f"an integer in [0, {MAX_SEED}]",
             )
         for name in ("prompt_lookup_num_tokens", "num_draft_tokens"):
             value = getattr(self, name)
-            check(name, isinstance(value, int) and 0 <= value <= 64, "an integer in [0, 64]")
+            self._check(name, isinstance(value, int) and 0 <= value <= 64, "an integer in [0, 64]")
         if self.prompt_lookup_num_tokens:
             self.check_speculative("prompt_lookup_num_tokens")
-        check(
+        self._validate_constraints()
+
+    def _check(self, name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ConfigError(
+                f"{name}={getattr(self, name)!r} is invalid; expected {expected}", option=name
+            )
+
+    def _validate_constraints(self) -> None:
+        """The structured-output options' types (compiling them needs the tokenizer: see
+        generation/constraints.py)."""
+        self._check(
             "json_schema",
             self.json_schema is None or isinstance(self.json_schema, (dict, str)),
             "a JSON schema (a dict or its JSON text)",
         )
-        check("json", isinstance(self.json, bool), "True or False")
+        self._check("json", isinstance(self.json, bool), "True or False")
         for name in ("regex", "grammar"):
             value = getattr(self, name)
-            check(name, value is None or (isinstance(value, str) and value), "a non-empty string")
-        check(
-            "choice",
-            isinstance(self.choice, list) and all(isinstance(c, str) and c for c in self.choice),
-            "a list of non-empty strings",
-        )
+            ok = value is None or (isinstance(value, str) and value)
+            self._check(name, ok, "a non-empty string")
+        ok = isinstance(self.choice, list) and all(isinstance(c, str) and c for c in self.choice)
+        self._check("choice", ok, "a list of non-empty strings")
 
     def check_speculative(self, option: str) -> None:
         """Speculation here verifies drafts against the greedy choice, so it needs greedy search."""
