@@ -268,8 +268,10 @@ def xsum(args) -> None:
     path = DATA / "xsum-sample" / "xsum_test_1000.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     rows = rows[: args.limit]
+    empty = sum(not r["document"].strip() for r in rows)  # nothing to summarise: left out
+    rows = [r for r in rows if r["document"].strip()]
     documents, references = [r["document"] for r in rows], [r["summary"] for r in rows]
-    print(f"XSum: {len(rows)} articles\n")
+    print(f"XSum: {len(rows)} articles ({empty} empty left out)\n")
     print(
         "| model | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | words (references) | train min "
         "| summaries/s |\n|---|---|---|---|---|---|---|---|"

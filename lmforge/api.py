@@ -173,8 +173,11 @@ class LM:
         trigram, at most 80 new tokens); options are GenerationConfig's and override them."""
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
-        if not items or not all(isinstance(t, str) and t.strip() for t in items):
-            raise ConfigError("texts must be a non-empty text or a list of non-empty texts")
+        if not items:
+            raise ConfigError("texts is an empty list; give at least one text to summarize")
+        for i, text in enumerate(items):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(f"texts[{i}] is empty (or not a string): nothing to summarize")
         options = {**SUMMARY_OPTIONS, **options}
         if self.encoder_decoder:
             results = self.translate(items, batch_size=batch_size, truncate=True, **options)

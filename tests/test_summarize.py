@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import lmforge
 from lmforge.cli import main as cli
 from lmforge.errors import ConfigError
 from lmforge.evaluation.metrics import summary_scores
@@ -55,3 +56,11 @@ def test_eval_scores_summaries_of_a_jsonl_file(smollm_path, tmp_path, capsys):
     assert cli(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0 < report["rouge1"] <= 100 and report["summaries"] == 1 and report["stemming"]
+
+
+def test_an_empty_text_is_named(tiny_gpt2_dir):
+    lm = lmforge.load(tiny_gpt2_dir[0])
+    with pytest.raises(ConfigError, match=r"texts\[1\] is empty"):
+        lm.summarize(["A text.", "  "])
+    with pytest.raises(ConfigError, match="empty list"):
+        lm.summarize([])
