@@ -348,6 +348,11 @@ def test_a_reply_streams_as_openai_deltas_however_it_is_split(step):
     bodies += stream.bodies(0, "", "stop")
     assert "".join(b["delta"].get("content") or "" for b in bodies) == 'Say "hi" \U0001f600 café'
     assert bodies[-1]["finish_reason"] == "stop"
+    empty = ReplyStream().bodies(0, '{"response": ""}', "stop")  # still says whose reply it is
+    assert empty == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+         "finish_reason": "stop"}
+    ]  # fmt: skip
 
 
 HERMES_TEMPLATE = """{%- if tools %}<|im_start|>system

@@ -293,8 +293,9 @@ class ReplyStream:
                 {"index": choice, "delta": delta, "logprobs": None, "finish_reason": None}
             )
         if finish_reason:
+            last = {} if self.opened else {"role": "assistant", "content": ""}  # (an empty reply)
             bodies.append(
-                {"index": choice, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+                {"index": choice, "delta": last, "logprobs": None, "finish_reason": finish_reason}
             )
         return bodies
 
