@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
+from lmforge.checkpoints.precision import Precision
 from lmforge.device import model_device, resolve_device
 from lmforge.embeddings.texts import embed_ids, text_ids
 from lmforge.errors import ConfigError
@@ -23,6 +24,7 @@ from lmforge.generation.constraints import compile_constraint
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
 from lmforge.generation.seq2seq import source_ids, stream_translations, translate_tokens
 from lmforge.models.heads import SequenceClassifier
+from lmforge.models.quantized import int4_runs_on
 
 _DTYPES = {
     "float32": torch.float32,
@@ -41,11 +43,17 @@ class LM:
     """A language model with its tokenizer, ready to generate."""
 
     def __init__(
-        self, model, tokenizer, source: Path | str = "", generation_defaults: dict | None = None
+        self,
+        model,
+        tokenizer,
+        source: Path | str = "",
+        generation_defaults: dict | None = None,
+        precision: str = "",
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
+        self.precision = precision  # the quantisation mode loaded and why ("int4 (auto: ...)")
         honoured = hf_generation_keys()  # generation_config.json keys we read, same names
         defaults = {k: v for k, v in (generation_defaults or {}).items() if k in honoured}
         self.defaults = GenerationConfig.from_options(**defaults)
@@ -317,6 +325,7 @@ class LM:
             "eos ids": self.tokenizer.eos_ids,
             "chat template": bool(self.tokenizer.chat_template),
             "dtype": str(self.model.dtype).replace("torch.", ""),
+            **({"precision": self.precision} if self.precision else {}),
             "device": str(model_device(self.model)),
         }
 
@@ -341,35 +350,46 @@ def _draft_model(draft):
 
 def load(
     name_or_path: str | Path = DEFAULT_MODEL,
-    dtype: str | torch.dtype = "float32",
-    quantize: str = "none",
+    dtype: str | torch.dtype | None = None,
+    quantize: str = "auto",
     group_size: int = 32,
     compile: bool = False,
     device: str | torch.device = "cpu",
 ) -> LM:
     """Load a known model name, a GGUF file or a Hugging Face directory.
 
-    quantize: "none" (weights and activations in `dtype`), "bf16", "int8" or "int4" (weight-only
-    quantisation, activations in bfloat16; int4 groups `group_size` input columns).
+    quantize: "auto" (the default) keeps the precision class of the checkpoint's weights: a Q4
+    GGUF runs int4, Q5-Q8 int8, F16/BF16 bf16, F32 float32, a Hugging Face directory its dtype
+    (`dtype` given: that dtype, unquantised); `LM.precision` says what was chosen and why.
+    "none" (weights and activations in `dtype`, float32 by default), "bf16", "int8" or "int4"
+    (weight-only quantisation, activations in bfloat16; int4 groups `group_size` input columns).
     compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models):
     faster tokens after a one-off compile of about a minute, cached on disk and loaded in
     milliseconds by later processes (see `lmforge.generation.compiled`).
     device: "cpu", "cuda", "cuda:N", "mps" or "auto" (a CUDA GPU when PyTorch sees one); the
     weights are read on the CPU, then moved (int4 weights are repacked for CUDA's kernel)."""
     target = resolve_device(device)
-    if isinstance(dtype, str):
+    if isinstance(dtype, str):  # (None: float32, or what quantize="auto" picks)
         if dtype not in _DTYPES:
             raise ConfigError(
                 f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}"
             )
         dtype = _DTYPES[dtype]
     checkpoint = load_checkpoint(name_or_path, dtype, quantize, group_size)
+    if quantize == "auto" and checkpoint.precision.mode == "int4" and not int4_runs_on(target):
+        why = f"{checkpoint.precision.reason}; int4 has no kernel on {target}, so int8"
+        checkpoint = load_checkpoint(name_or_path, dtype, "int8", group_size)
+        checkpoint.precision = Precision("int8", why)
     if target.type != "cpu":
         checkpoint.model.to(target)
     if compile:
         compile_decode(checkpoint.model)
     return LM(
-        checkpoint.model, checkpoint.tokenizer, checkpoint.source, checkpoint.generation_defaults
+        checkpoint.model,
+        checkpoint.tokenizer,
+        checkpoint.source,
+        checkpoint.generation_defaults,
+        str(checkpoint.precision),
     )
 
 

@@ -99,7 +99,7 @@ def smollm_path() -> Path:
 def smollm(smollm_path):
     import lmforge
 
-    return lmforge.load(smollm_path)
+    return lmforge.load(smollm_path, quantize="none")  # the parity reference: float32
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def test_lora_learns_saves_a_small_adapter_and_merges_exactly(text_file, smollm_
     assert "adapter_config.json" in files and "model.safetensors" not in files
     assert files["adapter_model.safetensors"] < 2_000_000  # rank-4 q/k/v/o updates only
 
-    base = lmforge.load(smollm_path)
+    base = lmforge.load(smollm_path, quantize="none")
     tuned = lmforge.load(tmp_path / "adapter")
     assert not torch.allclose(logits(tuned), logits(base), atol=1e-3)
     assert tuned.tokenizer.chat_template == base.tokenizer.chat_template
@@ -72,7 +72,10 @@ def test_full_finetuning_updates_every_weight_and_learns(text_file, smollm_path,
         tmp_path / "full",
     )  # fmt: skip
     assert result.train_losses[-1] < result.train_losses[0]
-    base, tuned = lmforge.load(smollm_path).model, lmforge.load(tmp_path / "full").model
+    base, tuned = (
+        lmforge.load(smollm_path, quantize="none").model,
+        lmforge.load(tmp_path / "full").model,
+    )
     b, t = base.state_dict(), tuned.state_dict()
     assert not torch.equal(b["blocks.0.mlp.down.weight"], t["blocks.0.mlp.down.weight"])
     assert b.keys() == t.keys()

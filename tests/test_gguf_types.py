@@ -97,7 +97,7 @@ def test_tensor_type_matches_transformers(tmp_path, qtype):
 
     path = tmp_path / f"tiny-{qtype.name}.gguf"
     write_tiny_llama(path, qtype)
-    ours = lmforge.load(path)
+    ours = lmforge.load(path, quantize="none")
     assert qtype.name in ours.model.config.extra["quantization"]
     theirs = AutoModelForCausalLM.from_pretrained(
         tmp_path, gguf_file=path.name, dtype=torch.float32
@@ -108,3 +108,38 @@ def test_tensor_type_matches_transformers(tmp_path, qtype):
         got, _ = ours.model(ids)
     assert expected.abs().max() > 0.1  # the weights are not degenerate
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+# What quantize="auto" (the default) runs each type as: its precision class.
+AUTO_MODES = {"F32": "none", "F16": "bf16", "Q8_0": "int8", "Q6_K": "int8", "Q5_K": "int8",
+              "Q5_0": "int8", "Q4_1": "int4", "Q4_0": "int4", "Q4_K": "int4", "Q2_K": "int4"}  # fmt: skip
+
+
+@pytest.mark.parametrize("type_name", AUTO_MODES)
+def test_auto_keeps_the_files_precision_class(tmp_path, type_name):
+    path = tmp_path / f"tiny-{type_name}.gguf"
+    write_tiny_llama(path, Q[type_name])
+    lm = lmforge.load(path)
+    mode = AUTO_MODES[type_name]
+    assert lm.precision == f"{mode} (auto: the GGUF's block weights are {type_name})"
+    assert lm.info()["quantization (runtime)"] == mode
+    again = lmforge.load(path)  # from the converted cache: the choice without parsing the file
+    assert again.precision == lm.precision
+    assert lmforge.load(path, dtype="float32").precision == "none (dtype=float32 given)"
+
+
+def test_auto_keeps_a_q4_1_files_grid(tmp_path):
+    """Q4_1 stores each block of 32 as d * q + m with q in [0, 15]: int4 with a scale and zero
+    point per group of 32 is the same grid, so auto's weights are the file's up to the bfloat16
+    rounding of d and m (a new grid would be off by up to half a step)."""
+    path = tmp_path / "tiny-Q4_1.gguf"
+    write_tiny_llama(path, Q.Q4_1)
+    file_weights = lmforge.load(path, quantize="none").model.blocks[0].mlp.down.weight
+    layer = lmforge.load(path).model.blocks[0].mlp.down
+    scales, zeros = layer.scales_and_zeros[..., 0].float(), layer.scales_and_zeros[..., 1].float()
+    codes = layer.int4_codes()[: layer.out_features].float()
+    group = codes.shape[1] // scales.shape[0]
+    step = scales[:, : layer.out_features].t().repeat_interleave(group, dim=1)
+    zero = zeros[:, : layer.out_features].t().repeat_interleave(group, dim=1)
+    ours = (codes - 8) * step + zero
+    assert ((ours - file_weights).abs() / step).max() < 1 / 16

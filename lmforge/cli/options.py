@@ -23,10 +23,19 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="known name, GGUF file or HF directory (default: smollm2-135m-instruct)",
     )
     parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16"], help="weight dtype"
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="weight dtype, unquantised (default: float32, or what --quantize auto picks)",
     )
     add_quantize_flags(parser)
     add_compile_flag(parser)
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="say on stderr what was loaded and in what precision (and why)",
+    )
     parser.add_argument(
         "--device",
         default="cpu",
@@ -48,9 +57,11 @@ def add_quantize_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         "-q",
-        default="none",
-        choices=["none", "bf16", "int8", "int4"],
-        help="weight-only quantisation (int8/int4 compute in bfloat16); int4 is the fastest",
+        default="auto",
+        choices=["auto", "none", "bf16", "int8", "int4"],
+        help="weight-only quantisation (int8/int4 compute in bfloat16; int4 is the fastest); "
+        "auto (default) keeps the checkpoint's precision: a Q4 GGUF runs int4, Q5-Q8 int8, "
+        "F16 bf16; none is float32",
     )
     parser.add_argument(
         "--group-size",
@@ -129,17 +140,22 @@ def check_options(args: argparse.Namespace, options: dict[str, Any]) -> None:
 
 def load_model(args: argparse.Namespace, name: str | None = None):
     """The model of --model (or `name`), loaded as the flags say."""
+    import sys
+
     from lmforge.api import load
     from lmforge.checkpoints import DEFAULT_MODEL
 
-    return load(
+    lm = load(
         name or args.model or DEFAULT_MODEL,
-        dtype=args.dtype,
+        dtype=getattr(args, "dtype", None),  # `info` and `bench` have no --dtype
         quantize=args.quantize,
         group_size=args.group_size,
         compile=getattr(args, "compile", False) and name is None,  # a draft model runs eagerly
-        device=getattr(args, "device", "cpu"),  # `info` has no --device
+        device=getattr(args, "device", "cpu"),
     )
+    if getattr(args, "verbose", False):
+        print(f"lmforge: loaded {lm.source} in {lm.precision}", file=sys.stderr)
+    return lm
 
 
 def with_draft(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:

@@ -308,6 +308,13 @@ def quantize_int4_groups(weight: torch.Tensor, group_size: int):
     return q.reshape(rows, cols).to(torch.int32), scales, low + 8 * scales
 
 
+def int4_runs_on(device: torch.device) -> bool:
+    """Whether int4 layers have a kernel on `device`: any CPU, CUDA GPUs from Ampere (8.0) on."""
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """q (out, in) int32 in [0, 15] -> the packed layout of the kernel of q's device: the CPU
     kernel's (out, in / 2) uint8, or tinygemm's tiles on a CUDA GPU (compute capability 8.0+)."""
