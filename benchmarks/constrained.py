@@ -121,7 +121,7 @@ def main() -> None:
     rows = []
     variants = [("int4", False)] + ([("int4 compiled", True)] if args.compile else [])
     for label, compiled in variants:
-        lm = lmforge.load(gguf, quantize="int4", compile=compiled)
+        lm = lmforge.load(gguf, quantize="int4", compile="now" if compiled else False)
         prompts = [lm.chat_prompt([{"role": "user", "content": r}]) for r in REQUESTS]
         for batch in (1, 8):
             chosen = prompts[:batch]

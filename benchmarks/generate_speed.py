@@ -14,7 +14,11 @@ llama.cpp is llama-cpp-python in its own venv (`make bench` builds it once; the 
 cached): pass its interpreter with --llamacpp-python, or leave it out with --peers.
 
     .venv/bin/python benchmarks/generate_speed.py [--rounds 3] [--runs 2] [--threads 2]
-        [--peers lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp]
+        [--peers lmforge:default,lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp]
+
+`lmforge:default` is `lmforge.load(path)` with no options, as `make run` and every verb load it:
+quantize "auto" and compile "auto" (compiled where `lmforge compile` has been run, eager
+otherwise). Run it on a machine with and without compiled layouts cached to see both.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from lmforge.bench import Stats, bench_prompts, start_and_peak_rss
 
 HERE = Path(__file__).resolve().parent
 LABELS = {
+    "lmforge:default": "lmforge default",
     "lmforge:none": "lmforge fp32",
     "lmforge:bf16": "lmforge bf16",
     "lmforge:int8": "lmforge int8",
@@ -72,7 +77,9 @@ def main() -> None:
     parser.add_argument("--start-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--peers", default="lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,llamacpp"
+        "--peers",
+        default="lmforge:default,lmforge:int4+compile,lmforge:int4,lmforge:none,transformers,"
+        "llamacpp",
     )
     parser.add_argument("--llamacpp-python", default=".venv-llamacpp/bin/python")
     args = parser.parse_args()

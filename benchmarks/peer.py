@@ -3,7 +3,7 @@
     python benchmarks/peer.py PEER --model FILE.gguf --ids IDS.json --threads 2 --runs 5 measure
     python benchmarks/peer.py PEER --model FILE.gguf --ids IDS.json --threads 2 start
 
-PEER is `lmforge[:QUANTIZE[+compile]]`, `transformers` (fp32, as `from_pretrained(gguf_file=...)` loads it)
+PEER is `lmforge[:QUANTIZE[+compile]]` or `lmforge:default` (`lmforge.load(path)`, no options), `transformers` (fp32, as `from_pretrained(gguf_file=...)` loads it)
 or `llamacpp` (llama-cpp-python on the GGUF as it is). `measure` prints JSON: every timing run of
 decode at batch 1 and 8 (128 greedy tokens, prefill subtracted) and of a 512-token prefill.
 `start` streams 128 tokens from a cold process and prints a mark when the first one is out.
@@ -50,8 +50,12 @@ class LmforgePeer:
         import lmforge
 
         self.torch = torch
-        quantize, _, option = quantize.partition("+")  # e.g. "int4+compile"
-        self.lm = lmforge.load(path, quantize=quantize, compile=option == "compile")
+        if quantize == "default":  # no arguments at all: what a user gets
+            self.lm = lmforge.load(path)
+        else:
+            quantize, _, option = quantize.partition("+")  # e.g. "int4+compile"
+            compile = "now" if option == "compile" else False  # compiled before it is timed
+            self.lm = lmforge.load(path, quantize=quantize, compile=compile)
 
     def generate(self, prompts: list[list[int]], new_tokens: int, on_first=None) -> None:
         events = self.lm.stream(prompts, max_new_tokens=new_tokens, ignore_eos=True)

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmforge.checkpoints import DEFAULT_MODEL, load_checkpoint
 from lmforge.checkpoints.precision import Precision
 from lmforge.device import model_device, resolve_device
-from lmforge.embeddings.texts import embed_ids, text_ids
 from lmforge.errors import ConfigError
-from lmforge.evaluation.classification import (
-    Classification,
-    classify_by_likelihood,
-    classify_with_head,
-)
-from lmforge.generation.compiled import compile_decode
 from lmforge.generation.config import GenerationConfig, hf_generation_keys
 from lmforge.generation.constraints import compile_constraint
 from lmforge.generation.search import Completion, StreamEvent, generate_tokens, stream_tokens
-from lmforge.generation.seq2seq import source_ids, stream_translations, translate_tokens
 from lmforge.models.heads import SequenceClassifier
 from lmforge.models.quantized import int4_runs_on
+
+if TYPE_CHECKING:
+    from lmforge.evaluation.classification import Classification
+
+# Verbs only some programs use (embed, classify, translate, compile) import their modules when
+# called: a process that only generates starts without them.
 
 _DTYPES = {
     "float32": torch.float32,
@@ -127,6 +129,8 @@ class LM:
             raise ConfigError(f"{self.source} is a translation model; it does not embed texts")
         trunk = self.model.trunk if self.classifier else self.model
         limit = getattr(trunk, "max_seq_len", None) or 1 << 30  # (RNNs: no limit)
+        from lmforge.embeddings.texts import embed_ids, text_ids
+
         rows = text_ids(self.tokenizer, items, limit, trunk.config.vocab_size, truncate)
         vectors = embed_ids(trunk, rows, self.tokenizer.pad_id, pooling, batch_size, normalize)
         return vectors[0] if single else vectors
@@ -143,6 +147,8 @@ class LM:
         A trained classifier uses its head and labels. A language model classifies zero-shot by
         the likelihood of each of `labels` as the answer (few-shot with `examples`, (text, label)
         pairs shown first; through the chat template where the model has one)."""
+        from lmforge.evaluation.classification import classify_by_likelihood, classify_with_head
+
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         if not items:
@@ -227,6 +233,8 @@ class LM:
             raise ConfigError("texts must be a string or a list of strings")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r}; expected a positive integer")
+        from lmforge.generation.seq2seq import source_ids, translate_tokens
+
         config = self.config(**options)
         n = config.num_return_sequences
         results: list[list[Completion]] = [
@@ -285,6 +293,8 @@ class LM:
         draft = _draft_model(options.pop("draft_model", None))
         config = self.config(**options)
         if self.encoder_decoder:
+            from lmforge.generation.seq2seq import source_ids, stream_translations
+
             _no_draft(draft)
             texts = [prompts] if isinstance(prompts, str) else list(prompts)
             sources = source_ids(self.model, self.tokenizer, texts)
@@ -348,12 +358,34 @@ def _draft_model(draft):
     )
 
 
+@contextmanager
+def _collector_paused():
+    """Pause Python's cyclic garbage collector: loading makes many objects and no garbage cycles,
+    and a full collection during it walks every object torch's import made (tens of ms, for
+    nothing) at the moment a user waits for the first token."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        _release_freed_heap()
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap memory loading freed (the tokenizer's parsed JSON, about 14 MiB for a
+    49k-token BPE) back to the system: glibc keeps it mapped, counted in the process's RSS."""
+    with suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def load(
     name_or_path: str | Path = DEFAULT_MODEL,
     dtype: str | torch.dtype | None = None,
     quantize: str = "auto",
     group_size: int = 32,
-    compile: bool = False,
+    compile: bool | str = "auto",
     device: str | torch.device = "cpu",
 ) -> LM:
     """Load a known model name, a GGUF file or a Hugging Face directory.
@@ -363,9 +395,13 @@ def load(
     (`dtype` given: that dtype, unquantised); `LM.precision` says what was chosen and why.
     "none" (weights and activations in `dtype`, float32 by default), "bf16", "int8" or "int4"
     (weight-only quantisation, activations in bfloat16; int4 groups `group_size` input columns).
-    compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models):
-    faster tokens after a one-off compile of about a minute, cached on disk and loaded in
-    milliseconds by later processes (see `lmforge.generation.compiled`).
+    compile: run decode steps through a step compiled ahead of time by AOTInductor (GPT models),
+    about twice as fast; each input layout compiles once, in about a minute, into a disk cache
+    that later processes load in milliseconds (see `lmforge.generation.compiled`). "auto" (the
+    default, a GPT on a CPU with a C++ compiler) uses the layouts already compiled (`lmforge
+    compile`, or an earlier `compile=True`) and steps eagerly otherwise; True also compiles a
+    missing layout in a background process while decoding goes on eagerly, and switches to it
+    when it is ready; "now" compiles it before the step; False never compiles.
     device: "cpu", "cuda", "cuda:N", "mps" or "auto" (a CUDA GPU when PyTorch sees one); the
     weights are read on the CPU, then moved (int4 weights are repacked for CUDA's kernel)."""
     target = resolve_device(device)
@@ -375,15 +411,25 @@ def load(
                 f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}"
             )
         dtype = _DTYPES[dtype]
-    checkpoint = load_checkpoint(name_or_path, dtype, quantize, group_size)
+    with _collector_paused():
+        checkpoint = load_checkpoint(name_or_path, dtype, quantize, group_size)
     if quantize == "auto" and checkpoint.precision.mode == "int4" and not int4_runs_on(target):
         why = f"{checkpoint.precision.reason}; int4 has no kernel on {target}, so int8"
         checkpoint = load_checkpoint(name_or_path, dtype, "int8", group_size)
         checkpoint.precision = Precision("int8", why)
     if target.type != "cpu":
         checkpoint.model.to(target)
-    if compile:
-        compile_decode(checkpoint.model)
+    mode = _compile_mode(compile, checkpoint.model, target)
+    if mode is not None:
+        from lmforge.generation.compiled import compile_decode
+
+        source = {
+            "path": str(checkpoint.source),
+            "quantize": checkpoint.precision.mode,
+            "group_size": group_size,
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        }
+        compile_decode(checkpoint.model, mode, source)
     return LM(
         checkpoint.model,
         checkpoint.tokenizer,
@@ -391,6 +437,28 @@ def load(
         checkpoint.generation_defaults,
         str(checkpoint.precision),
     )
+
+
+def _compile_mode(compile: bool | str, model, target: torch.device) -> str | None:
+    """`load`'s compile argument as a `compile_decode` mode (None: eager)."""
+    from lmforge.generation.compiled import cpp_compiler
+    from lmforge.models.gpt import GPT
+
+    if compile not in (True, False, "auto", "now"):
+        raise ConfigError(f"compile={compile!r}; expected True, False, 'auto' or 'now'")
+    if compile == "auto":
+        if not isinstance(model, GPT) or target.type != "cpu":
+            return None
+        if cpp_compiler() is None:
+            warnings.warn(
+                "compile='auto' is off: no C++ compiler (g++, clang++ or $CXX) on the PATH, "
+                "which AOTInductor needs; decoding runs eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return "cached"
+    return {True: "background", "now": "now"}.get(compile)
 
 
 def finetune(

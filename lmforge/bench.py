@@ -23,6 +23,7 @@ BENCH_TEXT = (
 )
 FIRST_TOKEN_MARK = "LMFORGE-FIRST-TOKEN"
 PEAK_RSS_MARK = "LMFORGE-PEAK-RSS-KB"
+STAGE_MARK = "LMFORGE-STAGE"  # a start-up stage done: "LMFORGE-STAGE <name>"
 
 
 def peak_rss_line() -> str:
@@ -115,15 +116,20 @@ def streaming_bandwidth(runs: int = 5, megabytes: int = 512) -> float:
     return data.numel() * 4 / statistics.median(times) / 1e9
 
 
-def start_and_peak_rss(argv: list[str], env: dict | None = None) -> tuple[float, float]:
+def start_and_peak_rss(
+    argv: list[str], env: dict | None = None, stages: dict[str, float] | None = None
+) -> tuple[float, float]:
     """Run a child process that prints FIRST_TOKEN_MARK when its first token is out, finishes
-    its generation and prints `peak_rss_line()`: (seconds from spawn to the mark, peak MiB)."""
+    its generation and prints `peak_rss_line()`: (seconds from spawn to the mark, peak MiB).
+    `stages` gets the seconds from spawn to each STAGE_MARK line the child prints."""
     start = time.perf_counter()
     child = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     first, peak_kb = None, None
     for line in child.stdout:
+        if line.startswith(STAGE_MARK) and stages is not None:
+            stages[line.split(maxsplit=1)[1].strip()] = time.perf_counter() - start
         if first is None and FIRST_TOKEN_MARK in line:
             first = time.perf_counter() - start
         if line.startswith(PEAK_RSS_MARK):
@@ -135,14 +141,24 @@ def start_and_peak_rss(argv: list[str], env: dict | None = None) -> tuple[float,
     return first, peak_kb / 1024
 
 
-def lmforge_start_argv(model: str, quantize: str, threads: int, compile: bool = False) -> list[str]:
-    """A fresh Python process that loads `model`, streams 128 tokens and marks the first."""
+def lmforge_start_argv(
+    model: str, quantize: str, threads: int, compile: bool | str = False
+) -> list[str]:
+    """A fresh Python process that loads `model`, streams 128 tokens and marks the first (and
+    each start-up stage: torch imported, lmforge imported, model loaded)."""
+
+    def stage(name: str) -> str:
+        return f"print({STAGE_MARK + ' ' + name!r}, flush=True); "
+
     code = (
         "import sys, torch; "
         f"torch.set_num_threads({threads}); "
-        "import lmforge; "
-        f"lm = lmforge.load({model!r}, quantize={quantize!r}, compile={compile!r}); "
-        f"events = lm.stream({BENCH_TEXT!r}, max_new_tokens={NEW_TOKENS}, ignore_eos=True); "
+        + stage("import torch")
+        + "import lmforge; "
+        + stage("import lmforge")
+        + f"lm = lmforge.load({model!r}, quantize={quantize!r}, compile={compile!r}); "
+        + stage("load the model")
+        + f"events = lm.stream({BENCH_TEXT!r}, max_new_tokens={NEW_TOKENS}, ignore_eos=True); "
         "next(events); "
         f"print({FIRST_TOKEN_MARK!r}, flush=True); "
         "[e for e in events]; "
@@ -151,18 +167,29 @@ def lmforge_start_argv(model: str, quantize: str, threads: int, compile: bool = 
     return [sys.executable, "-c", code]
 
 
-def run_bench(model: str, quantize: str, runs: int, threads: int, compile: bool = False) -> dict:
-    """Everything `lmforge bench` prints, as a dict (also what --json gives). With `compile`,
-    each batch size compiles (or loads from the disk cache) in its untimed warm-up call; the
-    first token comes from the eager prefill, before the compile, so start-up does not show it."""
+def run_bench(
+    model: str, quantize: str, runs: int, threads: int, compile: bool | str = False
+) -> dict:
+    """Everything `lmforge bench` prints, as a dict (also what --json gives). With compile
+    "now", each batch size compiles (or loads from the disk cache) in its untimed warm-up call;
+    the first token comes from the eager prefill, before the compile, so start-up does not show
+    it."""
     import lmforge
 
     torch.set_num_threads(threads)
-    start, rss = start_and_peak_rss(lmforge_start_argv(model, quantize, threads, compile))
+    stages: dict[str, float] = {}
+    argv = lmforge_start_argv(model, quantize, threads, compile)
+    start, rss = start_and_peak_rss(argv, stages=stages)
     lm = lmforge.load(model, quantize=quantize, compile=compile)
-    results: dict = measure_lm(lm, runs)
+    results: dict = {"precision": lm.precision}
+    results.update(measure_lm(lm, runs))
     weight_bytes = decode_weight_bytes(lm.model)
     decode = results["decode tok/s, batch 1"]
+    previous = 0.0
+    for name, at in stages.items():  # the start-up timeline, each stage's own seconds
+        results[f"start-up: {name}, s"] = at - previous
+        previous = at
+    results["start-up: first token, s"] = start - previous
     results["start to first token, s"] = start
     results["peak RSS, MiB"] = rss
     results["weight bytes per token, MB"] = weight_bytes / 1e6
@@ -175,7 +202,7 @@ def format_results(results: dict) -> str:
     width = max(len(k) for k in results)
     lines = []
     for key, value in results.items():
-        shown = str(value) if isinstance(value, Stats) else f"{value:.2f}"
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
 

@@ -182,3 +182,36 @@ def test_bench_helpers(tiny_llama_dir):
     )
     seconds, mib = start_and_peak_rss([sys.executable, "-c", code])
     assert 0 < seconds < 60 and mib >= 64
+
+
+def test_bench_start_up_timeline(tiny_llama_dir):
+    """The start-up child marks each stage; the stages come in order, before the first token."""
+    from lmforge.bench import lmforge_start_argv, start_and_peak_rss
+
+    stages: dict[str, float] = {}
+    argv = lmforge_start_argv(str(tiny_llama_dir[0]), "auto", 1)
+    first, mib = start_and_peak_rss(argv, stages=stages)
+    assert list(stages) == ["import torch", "import lmforge", "load the model"]
+    assert 0 < stages["import torch"] < stages["import lmforge"] < stages["load the model"] < first
+    assert mib > 100  # torch alone is more
+
+
+def test_generating_imports_only_what_generation_needs(tiny_llama_dir):
+    """A process that loads a model and generates never imports what other verbs need (they
+    cost start-up time and memory): the server, plotting, templates, constraints, evaluation."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, lmforge\n"
+        f"lmforge.load({str(tiny_llama_dir[0])!r}).generate('The cat', max_new_tokens=3)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(json.loads(out.stdout.splitlines()[-1]))
+    loaded = modules | {name.split(".")[0] for name in modules}
+    heavy = {"fastapi", "uvicorn", "starlette", "matplotlib", "jinja2", "llguidance",
+             "transformers", "sacrebleu", "rouge_score", "gguf", "torch._inductor",
+             "lmforge.embeddings", "lmforge.evaluation", "lmforge.serve", "lmforge.training"}  # fmt: skip
+    assert heavy & loaded == set()

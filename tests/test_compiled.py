@@ -1,11 +1,23 @@
 """`compile=True`: decode steps through an AOTInductor-compiled step give eager decoding's tokens
-and logits, and a compiled step is loaded from the disk cache, not compiled again."""
+and logits, and a compiled step is loaded from the disk cache, not compiled again.
+
+The module's compiled steps live in a cache directory of their own, so the default compile
+("auto": use what is compiled) of the other test modules never meets them."""
+
+import os
 
 import pytest
 import torch
 
 import lmforge
 from lmforge.errors import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_compiled_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("compiled-cache")))
+        yield os.environ["LMFORGE_CACHE_DIR"]
 
 
 def _steps(lm, prompts, n=12):
@@ -15,8 +27,8 @@ def _steps(lm, prompts, n=12):
 @pytest.mark.parametrize("quantize", ["none", "int4"])
 def test_compiled_decode_matches_eager(tiny_llama_dir, quantize):
     directory, _ = tiny_llama_dir
-    eager = lmforge.load(directory, quantize=quantize)
-    compiled = lmforge.load(directory, quantize=quantize, compile=True)
+    eager = lmforge.load(directory, quantize=quantize, compile=False)
+    compiled = lmforge.load(directory, quantize=quantize, compile="now")
     # One prompt, then a batch left-padded to its longest prompt (the masked graph).
     cases = [["The cat sat on"]] + (
         [["Hello", "a much longer prompt than that"]] if quantize == "none" else []
@@ -41,7 +53,7 @@ def test_compiled_step_in_another_autograd_mode(tiny_llama_dir):
     """The library compiled while generating (under inference mode) also steps a cache made
     outside inference mode, under no_grad, and matches eager there."""
     directory, _ = tiny_llama_dir
-    eager, compiled = lmforge.load(directory), lmforge.load(directory, compile=True)
+    eager, compiled = lmforge.load(directory, compile=False), lmforge.load(directory, compile="now")
     compiled.generate("The cat", max_new_tokens=4, ignore_eos=True)  # under inference mode
     prompt = torch.tensor([[11, 12, 13]])
     outputs = []
@@ -63,10 +75,10 @@ def test_a_new_process_loads_the_compiled_step_without_the_compiler(tiny_llama_d
     import sys
 
     directory, _ = tiny_llama_dir
-    want = lmforge.load(directory, compile=True).generate("The cat", max_new_tokens=6).token_ids
+    want = lmforge.load(directory, compile="now").generate("The cat", max_new_tokens=6).token_ids
     script = (
         "import json, sys, lmforge\n"
-        f"lm = lmforge.load({str(directory)!r}, compile=True)\n"
+        f"lm = lmforge.load({str(directory)!r}, compile=True)\n"  # (cached: no compile)
         "ids = lm.generate('The cat', max_new_tokens=6).token_ids\n"
         "heavy = [m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
         "print(json.dumps([ids, heavy, sorted(map(str, lm.model.compiled_decoder.compiled_layouts))]))\n"
@@ -82,7 +94,7 @@ def test_weights_replaced_after_compiling_are_the_ones_used(tiny_llama_dir):
     """Weights swapped in after compiling (a new tensor object, as `load_state_dict(assign=True)`
     or fine-tuning may leave) are read by the next generation, as eager reads them."""
     directory, _ = tiny_llama_dir
-    eager, compiled = lmforge.load(directory), lmforge.load(directory, compile=True)
+    eager, compiled = lmforge.load(directory, compile=False), lmforge.load(directory, compile="now")
     compiled.generate("The cat", max_new_tokens=4, ignore_eos=True)
     for lm in (eager, compiled):
         block = lm.model.blocks[1]
@@ -98,13 +110,15 @@ def test_weights_replaced_after_compiling_are_the_ones_used(tiny_llama_dir):
 def test_a_damaged_cached_step_is_compiled_again(tiny_llama_dir):
     """A cached library that does not load (a damaged file) is replaced, not trusted."""
     directory, _ = tiny_llama_dir
-    want = lmforge.load(directory).generate("The cat", max_new_tokens=6, ignore_eos=True)
-    lm = lmforge.load(directory, compile=True)
+    want = lmforge.load(directory, compile=False).generate(
+        "The cat", max_new_tokens=6, ignore_eos=True
+    )
+    lm = lmforge.load(directory, compile="now")
     lm.generate("The cat", max_new_tokens=6, ignore_eos=True)
     (layout,) = lm.model.compiled_decoder.compiled_layouts
     path = lm.model.compiled_decoder.library_path(layout)
     path.write_bytes(b"not a compiled library")
-    again = lmforge.load(directory, compile=True)
+    again = lmforge.load(directory, compile="now")
     assert again.generate("The cat", max_new_tokens=6, ignore_eos=True).token_ids == want.token_ids
     assert again.model.compiled_decoder.compiled_layouts == {layout}
     assert path.stat().st_size > 10_000  # compiled anew
@@ -122,7 +136,7 @@ def test_a_failed_compile_says_what_to_do(tiny_llama_dir, tmp_path, monkeypatch)
 
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
-    lm = lmforge.load(tiny_llama_dir[0], compile=True)
+    lm = lmforge.load(tiny_llama_dir[0], compile="now")
     with pytest.raises(LMForgeError, match=r"compile=True: .*C\+\+ compiler.*without compile=True"):
         lm.generate("The cat", max_new_tokens=4, ignore_eos=True)
     assert list((tmp_path / "compiled").iterdir()) == []
@@ -140,7 +154,10 @@ def test_compiled_step_with_padding_rows(tiny_llama_dir):
     """A server steps rows whose new token is padding; they must not turn into NaNs (or
     disturb the others): every row's logits equal eager's."""
     directory, _ = tiny_llama_dir
-    models = [lmforge.load(directory).model, lmforge.load(directory, compile=True).model]
+    models = [
+        lmforge.load(directory, compile=False).model,
+        lmforge.load(directory, compile="now").model,
+    ]
     prompt = torch.tensor([[0, 11, 12, 13], [21, 22, 23, 24]])
     prompt_mask = torch.tensor([[False, True, True, True], [True, True, True, True]])
     positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -167,8 +184,8 @@ def test_compiled_model_serves_joining_rows(tiny_llama_dir):
     from lmforge.serve.rows import KVRows
 
     directory, _ = tiny_llama_dir
-    eager = lmforge.load(directory).model
-    compiled = lmforge.load(directory, compile=True).model
+    eager = lmforge.load(directory, compile=False).model
+    compiled = lmforge.load(directory, compile="now").model
     rows = KVRows(compiled, max_batch=2, cache_len=64)
     histories = {0: [11, 12, 13]}
     with torch.inference_mode():
@@ -188,14 +205,20 @@ def test_compiled_model_serves_joining_rows(tiny_llama_dir):
     assert compiled.compiled_decoder.compiled_layouts
 
 
-def test_cli_generate_compile_gpt2(capsys, monkeypatch, tiny_gpt2_dir):
-    """`lmforge generate --compile` on a GPT-2 (learned positions, LayerNorm, GELU): the same
-    tokens as eager, decoded by the compiled step."""
+def test_cli_compile_then_the_default_decodes_compiled(capsys, monkeypatch, tiny_gpt2_dir):
+    """`lmforge compile` builds the layout ahead of time; then `lmforge generate` with no flag
+    (compile "auto") decodes through it from its first step, on a GPT-2 (learned positions,
+    LayerNorm, GELU): the same tokens as eager."""
     import json
 
     from lmforge.cli import main
     from lmforge.generation.compiled import CompiledDecoder
 
+    model = tiny_gpt2_dir[0]
+    assert main(["compile", str(model), "--max-len", "100"]) == 0
+    assert "batch 1, cache 128: compiled in" in capsys.readouterr().out
+    assert main(["compile", str(model), "--max-len", "100"]) == 0
+    assert "batch 1, cache 128: cached already" in capsys.readouterr().out
     compiled_steps = []
     step = CompiledDecoder.__call__
 
@@ -205,9 +228,63 @@ def test_cli_generate_compile_gpt2(capsys, monkeypatch, tiny_gpt2_dir):
         return logits
 
     monkeypatch.setattr(CompiledDecoder, "__call__", counting)
-    model = tiny_gpt2_dir[0]
-    code = main(f"generate Hello --model {model} --json --max-new-tokens 8 --compile".split())
+    code = main(f"generate Hello --model {model} --json --max-new-tokens 8".split())
     assert code == 0
     got = json.loads(capsys.readouterr().out)["completions"][0]["token_ids"]
-    assert got == lmforge.load(model).generate("Hello", max_new_tokens=8).token_ids
+    assert got == lmforge.load(model, compile=False).generate("Hello", max_new_tokens=8).token_ids
     assert sum(compiled_steps) == 7  # every step after the prefill's token
+    code = main(f"generate Hello --model {model} --max-new-tokens 8 --no-compile".split())
+    assert code == 0 and sum(compiled_steps) == 7  # --no-compile: eager
+
+
+def test_a_background_compile_lets_generation_go_on_then_takes_over(tiny_llama_dir, tmp_path):
+    """compile=True with nothing compiled: decoding goes on eagerly while another process
+    compiles, and switches to the compiled step mid-generation once it is ready; in float32
+    the tokens are eager's all along."""
+    directory = tiny_llama_dir[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))  # cold: nothing compiled
+        want = lmforge.load(directory, compile=False).generate(
+            "The cat", max_new_tokens=40, ignore_eos=True
+        )
+        lm = lmforge.load(directory, compile=True)
+        decoder = lm.model.compiled_decoder
+        events = lm.stream("The cat", max_new_tokens=40, ignore_eos=True)
+        got = [next(events) for _ in range(10)]
+        assert len(decoder.compiling) == 1 and not decoder.compiled_layouts  # still compiling
+        decoder.wait()
+        got += list(events)
+        assert [e.token_id for e in got] == want.token_ids
+        torch.testing.assert_close(
+            torch.tensor([e.logprob for e in got]), torch.tensor(want.logprobs), atol=1e-4, rtol=0
+        )
+        assert len(decoder.compiled_layouts) == 1 and not decoder.compiling  # switched
+        again = lmforge.load(directory)  # the default ("auto") finds it compiled
+        assert (
+            again.generate("The cat", max_new_tokens=40, ignore_eos=True).token_ids
+            == want.token_ids
+        )
+        assert again.model.compiled_decoder.compiled_layouts == decoder.compiled_layouts
+
+
+def test_a_failed_background_compile_warns_and_decodes_eagerly(tiny_llama_dir, tmp_path):
+    directory = tiny_llama_dir[0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+        want = lmforge.load(directory, compile=False).generate("The cat", max_new_tokens=6)
+        lm = lmforge.load(directory, compile=True)
+        lm.model.compiled_decoder.source["path"] = str(tmp_path / "gone")  # it cannot load this
+        assert lm.generate("The cat", max_new_tokens=6).token_ids == want.token_ids
+        lm.model.compiled_decoder.wait()
+        with pytest.warns(RuntimeWarning, match="in the background failed .*gone.*eagerly"):
+            assert lm.generate("The cat", max_new_tokens=6).token_ids == want.token_ids
+        assert not lm.model.compiled_decoder.compiled_layouts
+
+
+def test_compile_auto_without_a_cpp_compiler_is_off_and_says_why(tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("CXX", "/no/such/c++")
+    with pytest.warns(RuntimeWarning, match="compile='auto' is off: no C\\+\\+ compiler"):
+        lm = lmforge.load(tiny_llama_dir[0])
+    assert not hasattr(lm.model, "compiled_decoder")
+    with pytest.raises(ConfigError, match="compile='soon'; expected True, False, 'auto' or 'now'"):
+        lmforge.load(tiny_llama_dir[0], compile="soon")

@@ -12,6 +12,7 @@ import sys
 from lmforge.cli import (
     bench,
     classify,
+    compile,
     embed,
     evaluate,
     generate,
@@ -34,6 +35,7 @@ VERBS = (
     classify,
     evaluate,
     bench,
+    compile,
 )  # in the order --help lists them
 
 

@@ -21,12 +21,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or torch.get_num_threads()
     if threads < 1:
         raise ConfigError(f"--threads {threads}: expected at least 1")
-    compiled = ", compiled" if args.compile else ""
+    compile = "now" if args.compile is True else args.compile  # compiled before it is timed
+    compiled = {"now": ", compiled", "auto": ", compile auto", False: ""}[compile]
     print(
         f"benchmarking {model} (quantize={args.quantize}{compiled}, {threads} threads) ...",
         file=sys.stderr,
     )
-    results = run_bench(model, args.quantize, args.runs, threads, compile=args.compile)
+    results = run_bench(model, args.quantize, args.runs, threads, compile=compile)
     print(to_json(results) if args.json else format_results(results))
     return 0
 

@@ -47,9 +47,19 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def add_compile_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
-        action="store_true",
-        help="compile the decode step ahead of time with AOTInductor (GPT models): faster tokens "
-        "after a one-off compile of about a minute; later runs load it from the disk cache",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="compile the decode step with AOTInductor (GPT models): a layout not compiled yet "
+        "compiles in a background process (about a minute) while decoding goes on eagerly. By "
+        "default, layouts already compiled (`lmforge compile`, an earlier --compile) are used",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_const",
+        const=False,
+        help="decode eagerly, even where a compiled step is cached",
     )
 
 
@@ -150,7 +160,7 @@ def load_model(args: argparse.Namespace, name: str | None = None):
         dtype=getattr(args, "dtype", None),  # `info` and `bench` have no --dtype
         quantize=args.quantize,
         group_size=args.group_size,
-        compile=getattr(args, "compile", False) and name is None,  # a draft model runs eagerly
+        compile=getattr(args, "compile", "auto") if name is None else False,  # a draft: eager
         device=getattr(args, "device", "cpu"),
     )
     if getattr(args, "verbose", False):

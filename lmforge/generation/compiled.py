@@ -24,6 +24,9 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,7 +40,8 @@ from lmforge.models.kv_cache import KVCache
 from lmforge.paths import cache_root
 
 # AOTInductor options: the step's inputs always have the shapes and strides it was compiled for
-# (the layout key guarantees it), so per-call checks of them buy nothing.
+# (the layout key guarantees it), so per-call checks of them buy nothing. Passed as a copy:
+# inductor adds its own keys to the dict it is given, which would change later cache keys.
 INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 # The code a compiled step is traced from: a change to any of it makes new cache keys.
 _TRACED_SOURCES = (
@@ -49,11 +53,20 @@ _TRACED_SOURCES = (
 )
 
 
-def compile_decode(model: GPT) -> None:
+COMPILE_MODES = ("now", "background", "cached")
+
+
+def compile_decode(model: GPT, mode: str = "now", source: dict | None = None) -> None:
     """Run `model`'s single-token decode steps through a step compiled ahead of time (GPT models):
     about half the CPU time a step on small models, after a one-off compile of about a minute per
     input layout, kept on disk. Weights are re-read for every new KV cache; new weight shapes or
     types (e.g. quantising later) compile anew.
+
+    mode: what happens at a layout with no library on disk yet. "now" compiles it in this process
+    before the step; "background" steps eagerly while another process compiles it (`source`, the
+    arguments of `load_checkpoint` that rebuild this model, tells that process what to load; a
+    model without one compiles "now"), then switches to it; "cached" only uses libraries already
+    on disk (`lmforge compile` makes them) and otherwise steps eagerly.
 
     The model itself knows nothing of it: this wraps the instance's `forward` (one new token per
     row with a KV cache goes to the compiled step, everything else to the eager forward) and its
@@ -64,12 +77,14 @@ def compile_decode(model: GPT) -> None:
             f"compile=True compiles a GPT's decode step; {type(model).__name__} models run "
             "eagerly (drop compile=True / --compile)"
         )
-    decoder = CompiledDecoder(model)
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile mode {mode!r}; expected one of {COMPILE_MODES}")
+    decoder = CompiledDecoder(model, mode, source)
     eager_forward, eager_new_cache = model.forward, model.new_cache
 
     def forward(input_ids, cache=None, positions=None, mask=None, last_only=False, trace=None):
         one_cached_token = trace is None and cache is not None and input_ids.shape[1] == 1
-        if one_cached_token and decoder.accepts(cache):
+        if one_cached_token and decoder.accepts(cache) and decoder.ready(cache, mask):
             start = cache.reserve(1, mask)
             positions = model.positions_for(input_ids, start, positions)
             return decoder(input_ids, positions, cache, start), cache
@@ -77,9 +92,10 @@ def compile_decode(model: GPT) -> None:
 
     def new_cache(batch_size: int, max_len: int | None = None) -> KVCache:
         max_len = max_len or model.config.max_seq_len
-        if max_len <= model.config.max_seq_len:  # (longer: the eager method's clear error)
-            max_len = decoder.cache_length(max_len)
-        cache = eager_new_cache(batch_size, max_len)
+        rounded = decoder.cache_length(max_len) if max_len <= model.config.max_seq_len else max_len
+        if not decoder.may_step(batch_size, rounded):  # eager all the way: a cache as eager's
+            return eager_new_cache(batch_size, max_len)
+        cache = eager_new_cache(batch_size, rounded)  # (longer than the context: its clear error)
         cache.prunable = False  # each batch size is a graph of its own: rows stay till the end
         return cache
 
@@ -138,9 +154,12 @@ class _WeightsAsInputs(nn.Module):
 class CompiledDecoder:
     """Runs `model`'s single-token steps through one AOTInductor library per input layout."""
 
-    def __init__(self, model: GPT):
-        self.model = model
+    def __init__(self, model: GPT, mode: str = "now", source: dict | None = None):
+        self.model, self.source = model, source
+        self.mode = "now" if mode == "background" and source is None else mode
         self._runners: dict[tuple, object] = {}  # input layout -> loaded library
+        self._compiling: dict[tuple, subprocess.Popen] = {}  # background compiles under way
+        self._eager: set[tuple] = set()  # layouts that step eagerly (none cached, or failed)
         self._state: dict[str, torch.Tensor] = {}  # the step's weight inputs, by name
         self._weights: list[torch.Tensor] = []  # the same, in the step's input order
         self._signature: list[tuple] = []
@@ -150,6 +169,11 @@ class CompiledDecoder:
     def compiled_layouts(self) -> set[tuple]:
         """The input layouts compiled (or loaded from the disk cache) so far."""
         return set(self._runners)
+
+    @property
+    def compiling(self) -> set[tuple]:
+        """The layouts another process is compiling now (mode "background")."""
+        return {layout for layout, process in self._compiling.items() if process.poll() is None}
 
     def cache_length(self, max_len: int) -> int:
         """The KV cache length to allocate for `max_len` tokens. Each length is its own compiled
@@ -168,9 +192,23 @@ class CompiledDecoder:
         signature = [(n, t.shape, t.stride(), t.dtype, t.device) for n, t in state.items()]
         if signature != self._signature:
             self._runners.clear()
+            self._eager.clear()
             self._signature = signature
         self._state = state
         self._weights = list(state.values())
+
+    def layout(self, batch_size: int, max_len: int, padded: bool) -> tuple:
+        """The input layout of a cache: what one compiled library is made for."""
+        dtype, device = self.model.dtype, next(self.model.parameters()).device
+        return (batch_size, max_len, dtype, str(device), padded)
+
+    def may_step(self, batch_size: int, max_len: int) -> bool:
+        """Whether a cache of this size may ever be stepped compiled (mode "cached": only when
+        a library for it is on disk; otherwise the cache is made as the eager model makes it)."""
+        if self.mode != "cached":
+            return True
+        layouts = (self.layout(batch_size, max_len, padded) for padded in (False, True))
+        return any(self.library_path(layout).exists() for layout in layouts)
 
     @staticmethod
     def accepts(cache: KVCache) -> bool:
@@ -178,11 +216,47 @@ class CompiledDecoder:
         which would make the key count a constant of the graph."""
         return 2 <= cache.length + 1 < cache.max_len and cache.max_len >= 4
 
+    def ready(self, cache: KVCache, mask: torch.Tensor | None = None) -> bool:
+        """Whether the library for this cache's layout is loaded (or loads now). Mode "now"
+        compiles it here; "background" starts another process compiling it, and says False
+        (eager) until that process is done; "cached" says whether the disk cache has it."""
+        k0 = cache.k[0]
+        padded = cache.has_padding or (mask is not None and not bool(mask.all()))
+        layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), padded)
+        if layout in self._runners:
+            return True
+        if layout in self._eager:
+            return False
+        process = self._compiling.get(layout)
+        if process is not None:
+            if process.poll() is None:
+                return False  # still compiling
+            del self._compiling[layout]
+            if process.returncode != 0:
+                self._eager.add(layout)
+                _warn_background_failure(process)
+                return False
+        path = self.library_path(layout)
+        in_background = self.mode == "background" and layout[3] == "cpu"  # (a GPU's: "now")
+        if path.exists() or self.mode == "now" or (self.mode == "background" and not in_background):
+            self._runners[layout] = self._load(layout)
+            return True
+        if in_background:
+            self._compiling[layout] = _start_background_compile(self.source, layout, path)
+        else:
+            self._eager.add(layout)  # "cached", and nothing on disk: eager from here on
+        return False
+
+    def wait(self) -> None:
+        """Wait for the background compiles under way (the next steps then run compiled)."""
+        for process in list(self._compiling.values()):
+            process.wait()
+
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int
     ) -> torch.Tensor:
         """Logits (batch, 1, vocab) for one token per row written at slot `start` (a slot the
-        cache `accepts`)."""
+        cache `accepts`, of a layout that is `ready`)."""
         n_keys = start + 1
         k0 = cache.k[0]
         layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), cache.has_padding)
@@ -196,6 +270,13 @@ class CompiledDecoder:
     def library_path(self, layout: tuple) -> Path:
         """Where the compiled step for `layout` is cached (a file named by its cache key)."""
         return _compiled_dir() / f"decode-step-{_cache_key(layout, self._state, self.model)}.pt2"
+
+    def compile(self, layout: tuple) -> Path:
+        """Compile `layout`'s library into the disk cache now (unless it is there); its path."""
+        path = self.library_path(layout)
+        if not path.exists():
+            _compile(_DecodeStep(self.model, padded=layout[-1]), self._state, layout, path)
+        return path
 
     def _load(self, layout: tuple):
         """The library for `layout` from the disk cache, compiled first if it is not there (or
@@ -212,6 +293,62 @@ class CompiledDecoder:
                 path.unlink(missing_ok=True)
         _compile(_DecodeStep(self.model, padded=layout[-1]), self._state, layout, path)
         return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler AOTInductor would use ($CXX, else g++, c++ or clang++), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((found for name in names if (found := shutil.which(name))), None)
+
+
+def _start_background_compile(source: dict, layout: tuple, path: Path) -> subprocess.Popen:
+    """Another Python process that loads `source` as this one did and compiles `layout` into
+    `path` (`python -m lmforge.generation.compiled`), on one thread, so generation keeps the
+    other cores. It is not this process's to stop: a compile outlives a short run, and the next
+    run finds the library."""
+    batch, max_len, dtype, device, padded = layout
+    spec = {
+        **source,
+        "layout": [batch, max_len, str(dtype).removeprefix("torch."), device, padded],
+        "library": str(path),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (read when it ends; a pipe could fill)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmforge.generation.compiled", json.dumps(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+        start_new_session=True,  # a Ctrl-C at the terminal stops the run, not the compile
+    )
+    process.log = log
+    return process
+
+
+def _warn_background_failure(process: subprocess.Popen) -> None:
+    process.log.seek(0)
+    lines = process.log.read().decode(errors="replace").strip().splitlines()
+    error = lines[-1] if lines else f"exit status {process.returncode}"
+    warnings.warn(
+        f"compiling the decode step in the background failed ({error}); decoding goes on eagerly",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def compile_in_this_process(spec: dict) -> None:
+    """What a background compile process does: load the model as `spec` says, check that its
+    library path is the one asked for (the same structure), and compile it."""
+    from lmforge.checkpoints import load_checkpoint
+
+    dtype = getattr(torch, spec["dtype"]) if spec.get("dtype") else None
+    model = load_checkpoint(spec["path"], dtype, spec["quantize"], spec["group_size"]).model
+    decoder = CompiledDecoder(model)
+    batch, max_len, dtype_name, device, padded = spec["layout"]
+    layout = (batch, max_len, getattr(torch, dtype_name), device, padded)
+    if str(decoder.library_path(layout)) != spec["library"]:
+        raise SystemExit(f"{spec['path']} loads as another structure than the model to compile")
+    decoder.compile(layout)
 
 
 def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
@@ -245,7 +382,7 @@ def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
         os.close(fd)
         try:
             torch._inductor.aoti_compile_and_package(
-                exported, package_path=partial, inductor_configs=INDUCTOR_OPTIONS
+                exported, package_path=partial, inductor_configs=dict(INDUCTOR_OPTIONS)
             )
             os.replace(partial, path)
         except Exception as error:  # inductor's own errors: a missing C++ compiler is the usual
@@ -280,7 +417,6 @@ def _cache_key(layout: tuple, state: dict, model: GPT) -> str:
     """A digest of everything the compiled library depends on: PyTorch and CPU kernels, the
     traced source code, the model's configuration, module types and weight layouts, the input
     layout. Not the weights' values: they are inputs."""
-    here = Path(__file__).parent
     config = {k: v for k, v in model.config.to_dict().items() if k != "extra"}
     description = {
         "torch": torch.__version__,
@@ -295,9 +431,18 @@ def _cache_key(layout: tuple, state: dict, model: GPT) -> str:
         ],
     }
     digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+    digest.update(_traced_sources_digest())
+    return digest.hexdigest()[:24]
+
+
+@functools.cache
+def _traced_sources_digest() -> bytes:
+    """A digest of the code a step is traced from (read once a process)."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
     for source in _TRACED_SOURCES:
         digest.update((here / source).resolve().read_bytes())
-    return digest.hexdigest()[:24]
+    return digest.digest()
 
 
 def _compiled_dir() -> Path:
@@ -317,3 +462,8 @@ def _compiled_dir() -> Path:
 @functools.cache
 def _scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="lmforge-compiled-")
+
+
+if __name__ == "__main__":  # a background compile (see `_start_background_compile`)
+    torch.set_num_threads(1)
+    compile_in_this_process(json.loads(sys.argv[1]))

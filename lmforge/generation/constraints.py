@@ -108,11 +108,11 @@ def compile_constraint(
 ) -> tuple[str, Any] | None:
     """(grammar, llguidance tokenizer) of the config's constraint, checked; None without one.
     Errors name the option and say what is wrong (and where, for a grammar)."""
-    import llguidance
-
     found = constraint_of(config)
     if found is None:
         return None
+    import llguidance  # (only when there is a constraint: it is not a free import)
+
     option, value = found
     grammar = grammar_text(option, value)
     lltok = ll_tokenizer(tokenizer, vocab_size, sorted(eos_ids(tokenizer, config)))
