@@ -303,7 +303,7 @@ def cpp_compiler() -> str | None:
 
 def _start_background_compile(source: dict, layout: tuple, path: Path) -> subprocess.Popen:
     """Another Python process that loads `source` as this one did and compiles `layout` into
-    `path` (`python -m lmforge.generation.compiled`), on one thread, so generation keeps the
+    `path` (`lmforge.generation.compile_worker`), on one thread, so generation keeps the
     other cores. It is not this process's to stop: a compile outlives a short run, and the next
     run finds the library."""
     batch, max_len, dtype, device, padded = layout
@@ -315,7 +315,7 @@ def _start_background_compile(source: dict, layout: tuple, path: Path) -> subpro
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     log = tempfile.TemporaryFile()  # noqa: SIM115 (read when it ends; a pipe could fill)
     process = subprocess.Popen(
-        [sys.executable, "-m", "lmforge.generation.compiled", json.dumps(spec)],
+        [sys.executable, "-m", "lmforge.generation.compile_worker", json.dumps(spec)],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,
@@ -334,21 +334,6 @@ def _warn_background_failure(process: subprocess.Popen) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
-
-
-def compile_in_this_process(spec: dict) -> None:
-    """What a background compile process does: load the model as `spec` says, check that its
-    library path is the one asked for (the same structure), and compile it."""
-    from lmforge.checkpoints import load_checkpoint
-
-    dtype = getattr(torch, spec["dtype"]) if spec.get("dtype") else None
-    model = load_checkpoint(spec["path"], dtype, spec["quantize"], spec["group_size"]).model
-    decoder = CompiledDecoder(model)
-    batch, max_len, dtype_name, device, padded = spec["layout"]
-    layout = (batch, max_len, getattr(torch, dtype_name), device, padded)
-    if str(decoder.library_path(layout)) != spec["library"]:
-        raise SystemExit(f"{spec['path']} loads as another structure than the model to compile")
-    decoder.compile(layout)
 
 
 def _compile(step: _DecodeStep, state: dict, layout: tuple, path: Path) -> None:
@@ -462,8 +447,3 @@ def _compiled_dir() -> Path:
 @functools.cache
 def _scratch_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="lmforge-compiled-")
-
-
-if __name__ == "__main__":  # a background compile (see `_start_background_compile`)
-    torch.set_num_threads(1)
-    compile_in_this_process(json.loads(sys.argv[1]))
