@@ -323,6 +323,7 @@ def test_eval_cli_on_wikitext(smollm_path, capsys):
                  "300", "--context", "128", "--stride", "64", "--json"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert '"tokens": 299' in out and '"bits_per_byte"' in out and '"word_perplexity"' in out
+    assert '"precision": "int4 (auto: the GGUF\'s block weights are Q4_1)"' in out
     assert main(["eval", "--model", str(smollm_path), "--data", str(WIKITEXT), "--max-tokens",
                  "300", "--context", "128", "--stride", "500"]) == 2  # fmt: skip
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lmforge.cli.options import add_quantize_flags
 from lmforge.errors import ConfigError
 
 
@@ -40,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _print(summarization_report(args), args.json)
     if (args.data is None) == (args.source is None):
         raise ConfigError("give --data (perplexity) or --source with --reference (BLEU)")
-    lm = lmforge.load(args.model)
+    lm = lmforge.load(args.model, quantize=args.quantize, group_size=args.group_size)
     if args.source is not None:
         return _print(_translation_scores(lm, args), args.json)
     score = score_corpus(
@@ -55,7 +56,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.context,
         args.stride,
     )
-    result = {"model": str(lm.source), "data": args.data, "split": args.split, **score.to_dict()}
+    result = {"model": str(lm.source), "precision": lm.precision, "data": args.data,
+              "split": args.split, **score.to_dict()}  # fmt: skip
     return _print(result, args.json)
 
 
@@ -162,6 +164,7 @@ def add_parsers(verbs) -> None:
         "of a translation model",
     )
     ev.add_argument("--model", "-m", required=True)
+    add_quantize_flags(ev)
     ev.add_argument(
         "--task",
         choices=["lm", "classification", "summarization"],

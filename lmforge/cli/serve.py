@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     threading.Thread(target=serve_http, name="lmforge-http", daemon=True).start()
     print(
-        f"lmforge serve: http://{args.host}:{args.port}/ (model {settings.model_id!r})",
+        f"lmforge serve: http://{args.host}:{args.port}/ (model {settings.model_id!r}, "
+        f"{lm.precision or 'float32'})",
         file=sys.stderr,
     )
     app.state.batcher.work_forever()  # the model stays on the thread that loaded it
