@@ -160,6 +160,7 @@ class CompiledDecoder:
         self._runners: dict[tuple, object] = {}  # input layout -> loaded library
         self._compiling: dict[tuple, subprocess.Popen] = {}  # background compiles under way
         self._eager: set[tuple] = set()  # layouts that step eagerly (none cached, or failed)
+        self._keys: dict[tuple, str] = {}  # layout -> cache key, for the current weights
         self._state: dict[str, torch.Tensor] = {}  # the step's weight inputs, by name
         self._weights: list[torch.Tensor] = []  # the same, in the step's input order
         self._signature: list[tuple] = []
@@ -193,6 +194,7 @@ class CompiledDecoder:
         if signature != self._signature:
             self._runners.clear()
             self._eager.clear()
+            self._keys.clear()
             self._signature = signature
         self._state = state
         self._weights = list(state.values())
@@ -269,7 +271,10 @@ class CompiledDecoder:
 
     def library_path(self, layout: tuple) -> Path:
         """Where the compiled step for `layout` is cached (a file named by its cache key)."""
-        return _compiled_dir() / f"decode-step-{_cache_key(layout, self._state, self.model)}.pt2"
+        key = self._keys.get(layout)
+        if key is None:  # (a digest of ~300 weight layouts: once per layout and weights)
+            key = self._keys[layout] = _cache_key(layout, self._state, self.model)
+        return _compiled_dir() / f"decode-step-{key}.pt2"
 
     def compile(self, layout: tuple) -> Path:
         """Compile `layout`'s library into the disk cache now (unless it is there); its path."""
