@@ -3,7 +3,7 @@ cache), Hugging Face directories, lmforge bundles and LoRA adapter directories."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     source: Path
     generation_defaults: dict
-    precision: Precision = field(default_factory=lambda: asked("none"))
+    precision: Precision
 
 
 def load_checkpoint(
