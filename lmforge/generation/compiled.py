@@ -222,9 +222,8 @@ class CompiledDecoder:
         """Whether the library for this cache's layout is loaded (or loads now). Mode "now"
         compiles it here; "background" starts another process compiling it, and says False
         (eager) until that process is done; "cached" says whether the disk cache has it."""
-        k0 = cache.k[0]
         padded = cache.has_padding or (mask is not None and not bool(mask.all()))
-        layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), padded)
+        layout = _layout_of(cache, padded)
         if layout in self._runners:
             return True
         if layout in self._eager:
@@ -260,8 +259,7 @@ class CompiledDecoder:
         """Logits (batch, 1, vocab) for one token per row written at slot `start` (a slot the
         cache `accepts`, of a layout that is `ready`)."""
         n_keys = start + 1
-        k0 = cache.k[0]
-        layout = (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), cache.has_padding)
+        layout = _layout_of(cache, cache.has_padding)
         runner = self._runners.get(layout)
         if runner is None:
             runner = self._runners[layout] = self._load(layout)
@@ -298,6 +296,12 @@ class CompiledDecoder:
                 path.unlink(missing_ok=True)
         _compile(_DecodeStep(self.model, padded=layout[-1]), self._state, layout, path)
         return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
+
+
+def _layout_of(cache: KVCache, padded: bool) -> tuple:
+    """The input layout a cache is stepped in: (rows, slots, dtype, device, padded)."""
+    k0 = cache.k[0]
+    return (k0.shape[0], k0.shape[2], k0.dtype, str(k0.device), padded)
 
 
 def cpp_compiler() -> str | None:
