@@ -34,7 +34,8 @@ test: $(VENV)/.installed-test
 	$(PY) -m ruff format --check lmforge tests benchmarks
 	$(PY) -m pytest -q
 
-test-slow: $(VENV)/.installed-test
+# The slow tests include llama.cpp running lmforge's GGUF exports: its venv is built first.
+test-slow: $(VENV)/.installed-test $(LLAMACPP_VENV)/.installed
 	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed-test

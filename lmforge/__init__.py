@@ -1,6 +1,6 @@
 """lmforge: language models and text generation in plain PyTorch."""
 
-from lmforge.api import LM, finetune, load
+from lmforge.api import LM, export_gguf, finetune, load
 from lmforge.errors import CheckpointError, ConfigError, LMForgeError, UnknownModelError
 from lmforge.generation.config import GenerationConfig
 
@@ -8,6 +8,7 @@ __all__ = [
     "LM",
     "load",
     "finetune",
+    "export_gguf",
     "GenerationConfig",
     "LMForgeError",
     "ConfigError",

@@ -461,6 +461,18 @@ def _compile_mode(compile: bool | str, model, target: torch.device) -> str | Non
     return {True: "background", "now": "now"}.get(compile)
 
 
+def export_gguf(
+    lm: LM, path: str | Path, type: str = "auto", force: bool = False, name: str | None = None
+):
+    """Write `lm` as a GGUF file llama.cpp runs (GPT models of the llama and gpt2 families);
+    returns a `GGUFExport` saying what was written. type: "auto" (the type of the GGUF file the
+    model came from, else its precision's), "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_1";
+    see `lmforge.checkpoints.gguf_export`. An existing file is replaced only with `force`."""
+    from lmforge.checkpoints.gguf_export import export_gguf as write_gguf
+
+    return write_gguf(lm.model, lm.tokenizer, path, type, force, source=lm.source, name=name)
+
+
 def finetune(
     model: str | Path,
     data: str | Path,

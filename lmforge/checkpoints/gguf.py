@@ -3,7 +3,8 @@
 The `gguf` package reads the file and dequantises every tensor type llama.cpp writes (F32, F16,
 BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants ...). We map metadata to a `GPTConfig`, undo
 llama.cpp's q/k row permutation (it interleaves RoPE pairs; we rotate halves, as transformers
-does), and rebuild the tokenizer from the vocabulary and merges stored in the file.
+does), and rebuild the tokenizer from the vocabulary and merges stored in the file. The name
+tables and pre-tokenizers here are used both ways: `gguf_export` writes with them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.checkpoints.hf import name_regex
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPTConfig
 from lmforge.tokenizers import Tokenizer
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "gpt2")
 
 # Pre-tokenizer regexes by `tokenizer.ggml.pre`, as llama.cpp (llama-vocab.cpp) defines them.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -117,19 +119,37 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
     n_head = file.arch_get("attention.head_count")
     d_model = file.arch_get("embedding_length")
     has_output = any(t.name == "output.weight" for t in file.reader.tensors)
-    scaling = None
-    if file.arch_get("rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
     tokens = file.reader.fields.get("tokenizer.ggml.tokens")
-    return GPTConfig(
+    shared = dict(
         vocab_size=file.arch_get("vocab_size") or len(tokens.data),
         n_layer=file.arch_get("block_count"),
         n_head=n_head,
-        n_kv_head=file.arch_get("attention.head_count_kv") or n_head,
         d_model=d_model,
         d_ff=file.arch_get("feed_forward_length"),
-        head_dim=file.arch_get("attention.key_length") or d_model // n_head,
         max_seq_len=file.arch_get("context_length"),
+        tie_embeddings=not has_output,
+        extra={
+            "family": file.arch,
+            "source_format": "gguf",
+            "quantization": file.quantization,
+            "weight_type": file.weight_type,
+        },
+    )
+    if file.arch == "gpt2":  # llama.cpp's gpt2 graph: LayerNorm, tanh GELU, every bias
+        return GPTConfig(
+            **shared,
+            norm="layernorm",
+            norm_eps=float(file.arch_get("attention.layer_norm_epsilon", 1e-5)),
+            mlp="gelu",
+            position="learned",
+        )
+    scaling = None
+    if file.arch_get("rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
+    return GPTConfig(
+        **shared,
+        n_kv_head=file.arch_get("attention.head_count_kv") or n_head,
+        head_dim=file.arch_get("attention.key_length") or d_model // n_head,
         norm="rmsnorm",
         norm_eps=float(file.arch_get("attention.layer_norm_rms_epsilon", 1e-5)),
         mlp="swiglu",
@@ -139,34 +159,59 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
         qkv_bias=False,
         out_bias=False,
         mlp_bias=False,
-        tie_embeddings=not has_output,
-        extra={
-            "family": "llama",
-            "source_format": "gguf",
-            "quantization": file.quantization,
-            "weight_type": file.weight_type,
-        },
     )
 
 
-_LLAMA_GGUF_NAMES = {
-    "token_embd.weight": "embed.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "lm_head.weight",
-    "blk.{i}.attn_norm.weight": "blocks.{i}.attn_norm.weight",
-    "blk.{i}.ffn_norm.weight": "blocks.{i}.mlp_norm.weight",
-    "blk.{i}.attn_q.weight": "blocks.{i}.attn.q.weight",
-    "blk.{i}.attn_k.weight": "blocks.{i}.attn.k.weight",
-    "blk.{i}.attn_v.weight": "blocks.{i}.attn.v.weight",
-    "blk.{i}.attn_output.weight": "blocks.{i}.attn.out.weight",
-    "blk.{i}.ffn_gate.weight": "blocks.{i}.mlp.gate.weight",
-    "blk.{i}.ffn_up.weight": "blocks.{i}.mlp.up.weight",
-    "blk.{i}.ffn_down.weight": "blocks.{i}.mlp.down.weight",
+# GGUF tensor name -> ours, by architecture ({i}: the block; {p}: weight or bias). Llama's q/k/v
+# and gate/up are separate in GGUF and fused in our modules; GPT-2's q|k|v is fused in both.
+GGUF_NAMES = {
+    "llama": {
+        "token_embd.weight": "embed.weight",
+        "output_norm.weight": "norm.weight",
+        "output.weight": "lm_head.weight",
+        "blk.{i}.attn_norm.weight": "blocks.{i}.attn_norm.weight",
+        "blk.{i}.ffn_norm.weight": "blocks.{i}.mlp_norm.weight",
+        "blk.{i}.attn_q.weight": "blocks.{i}.attn.q.weight",
+        "blk.{i}.attn_k.weight": "blocks.{i}.attn.k.weight",
+        "blk.{i}.attn_v.weight": "blocks.{i}.attn.v.weight",
+        "blk.{i}.attn_output.weight": "blocks.{i}.attn.out.weight",
+        "blk.{i}.ffn_gate.weight": "blocks.{i}.mlp.gate.weight",
+        "blk.{i}.ffn_up.weight": "blocks.{i}.mlp.up.weight",
+        "blk.{i}.ffn_down.weight": "blocks.{i}.mlp.down.weight",
+    },
+    "gpt2": {
+        "token_embd.weight": "embed.weight",
+        "position_embd.weight": "pos_embed.weight",
+        "output_norm.{p}": "norm.{p}",
+        "output.weight": "lm_head.weight",
+        "blk.{i}.attn_norm.{p}": "blocks.{i}.attn_norm.{p}",
+        "blk.{i}.attn_qkv.{p}": "blocks.{i}.attn.qkv.{p}",
+        "blk.{i}.attn_output.{p}": "blocks.{i}.attn.out.{p}",
+        "blk.{i}.ffn_norm.{p}": "blocks.{i}.mlp_norm.{p}",
+        "blk.{i}.ffn_up.{p}": "blocks.{i}.mlp.up.{p}",
+        "blk.{i}.ffn_down.{p}": "blocks.{i}.mlp.down.{p}",
+    },
 }
-_LLAMA_RULES = [
-    (re.compile(re.escape(k).replace(r"\{i\}", r"(?P<i>\d+)") + "$"), v)
-    for k, v in _LLAMA_GGUF_NAMES.items()
-]
+
+
+# GGUF -> ours (reading) and ours -> GGUF (writing), from the one table
+READ_RULES = {a: [(name_regex(g), o) for g, o in t.items()] for a, t in GGUF_NAMES.items()}
+WRITE_RULES = {a: [(name_regex(o), g) for g, o in t.items()] for a, t in GGUF_NAMES.items()}
+
+
+def rename(name: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """`name` through the first rule that matches it, or None."""
+    for regex, target in rules:
+        match = regex.match(name)
+        if match:
+            return target.format(**match.groupdict())
+    return None
+
+
+def permute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """llama.cpp's q/k row order: per head, (first halves, second halves) -> pairs interleaved."""
+    half = weight.shape[0] // n_heads // 2
+    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
 def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -176,20 +221,19 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def weights_from_gguf(file: GGUFFile, config: GPTConfig) -> dict[str, torch.Tensor]:
-    """GGUF tensors renamed to our module names, q/k un-permuted (q/k/v still separate)."""
+    """GGUF tensors renamed to our module names, Llama's q/k un-permuted (q/k/v still separate)."""
     renamed = {}
     for name, tensor in file.tensors().items():
         if name.startswith("rope_freqs"):
             continue
-        for regex, target in _LLAMA_RULES:
-            match = regex.match(name)
-            if match:
-                renamed[target.format(**match.groupdict())] = tensor
-                break
-        else:
+        ours = rename(name, READ_RULES[file.arch])
+        if ours is None:
             raise CheckpointError(
                 f"{file.path}: unexpected tensor {name!r} for a {file.arch} model"
             )
+        renamed[ours] = tensor
+    if file.arch == "gpt2":
+        return renamed
     for i in range(config.n_layer):
         renamed[f"blocks.{i}.attn.q.weight"] = unpermute_rope_rows(
             renamed[f"blocks.{i}.attn.q.weight"], config.n_head
@@ -200,10 +244,29 @@ def weights_from_gguf(file: GGUFFile, config: GPTConfig) -> dict[str, torch.Tens
     return renamed
 
 
+def pre_tokenizer_for(pre: str):
+    """The `tokenizers` pre-tokenizer of llama.cpp's `tokenizer.ggml.pre` name (GPT-2's split for
+    a name it does not know)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    if pre in _DIGITS_THEN_GPT2:
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
+    if pre in ("default", "gpt2", "gpt-2"):  # GPT-2's split is ByteLevel's own regex
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = pre_tokenizers.Split(Regex(_SPLITS.get(pre, _GPT2_SPLIT)), behavior="isolated")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return pre_tokenizers.Sequence([split, byte_level])
+
+
 def tokenizer_from_gguf(file: GGUFFile):
     """Rebuild the tokenizer stored in GGUF metadata as a `tokenizers` byte-level BPE."""
     import tokenizers
-    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import decoders, models
 
     kind = file.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -217,23 +280,13 @@ def tokenizer_from_gguf(file: GGUFFile):
         models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
     )
     pre = file.get("tokenizer.ggml.pre", "default")
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    if pre in _DIGITS_THEN_GPT2:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False),
-            ]
+    if pre not in _SPLITS and pre not in _DIGITS_THEN_GPT2:
+        warnings.warn(
+            f"{file.path}: pre-tokenizer {pre!r} is not known to lmforge; using GPT-2's split, "
+            "so token ids may differ from the model's own tokenizer",
+            stacklevel=2,
         )
-    else:
-        if pre not in _SPLITS:
-            warnings.warn(
-                f"{file.path}: pre-tokenizer {pre!r} is not known to lmforge; using GPT-2's split, "
-                "so token ids may differ from the model's own tokenizer",
-                stacklevel=2,
-            )
-        split = pre_tokenizers.Split(Regex(_SPLITS.get(pre, _GPT2_SPLIT)), behavior="isolated")
-        backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    backend.pre_tokenizer = pre_tokenizer_for(pre)
     backend.decoder = decoders.ByteLevel()
     control, user_defined = 3, 4
     backend.add_special_tokens(

@@ -115,7 +115,7 @@ _LLAMA_NAMES = {
 _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
 
 
-def _name_regex(pattern: str) -> re.Pattern:
+def name_regex(pattern: str) -> re.Pattern:
     """ "h.{i}.attn.c_attn.{p}" -> a regex capturing the layer `i` and `p` (weight or bias)."""
     regex = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)")
     return re.compile(regex.replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
@@ -123,8 +123,8 @@ def _name_regex(pattern: str) -> re.Pattern:
 
 _TABLES = {"gpt2": _GPT2_NAMES, "llama": _LLAMA_NAMES}
 # HF name -> ours (loading), and ours -> HF name (saving a bundle)
-_RULES = {f: [(_name_regex(h), o) for h, o in t.items()] for f, t in _TABLES.items()}
-_INVERSE_RULES = {f: [(_name_regex(o), h) for h, o in t.items()] for f, t in _TABLES.items()}
+_RULES = {f: [(name_regex(h), o) for h, o in t.items()] for f, t in _TABLES.items()}
+_INVERSE_RULES = {f: [(name_regex(o), h) for h, o in t.items()] for f, t in _TABLES.items()}
 
 
 # Reading -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from lmforge.cli import (
     compile,
     embed,
     evaluate,
+    export,
     generate,
     models,
     serve,
@@ -36,6 +37,7 @@ VERBS = (
     evaluate,
     bench,
     compile,
+    export,
 )  # in the order --help lists them
 
 

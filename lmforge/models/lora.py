@@ -30,6 +30,15 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scaling
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def float_weight(self) -> torch.Tensor:
+        """The weight with the update added, in float32 (the layer itself unchanged)."""
+        update = self.scaling * (self.lora_b.float() @ self.lora_a.float())
+        return self.base.weight.float() + update
+
     def merged(self) -> nn.Linear:
         """The base layer with the update added to its weight."""
         with torch.no_grad():

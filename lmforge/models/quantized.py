@@ -151,6 +151,10 @@ class Int8Linear(_WeightOnlyLinear):
     def dequantize(self) -> torch.Tensor:
         return self.weight.to(COMPUTE_DTYPE) * self.scales[:, None]
 
+    def float_weight(self) -> torch.Tensor:
+        """The (out, in) weights this layer multiplies by, in float32."""
+        return self.weight.float() * self.scales.float()[:, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows_2d(x)
         if rows.device.type == "cpu" and rows.shape[0] <= _INT8_GEMM_ROWS:
@@ -191,6 +195,16 @@ class Int4Linear(_Int4PackedLinear):
         )
         layer.bias = None if bias is None else bias.detach().to(COMPUTE_DTYPE)
         return layer
+
+    def float_weight(self) -> torch.Tensor:
+        """The (out, in) weights this layer multiplies by, in float32."""
+        codes = self.int4_codes()[: self.out_features].float()  # (out, in)
+        # (groups, out) scales and zeros, repeated over each group's columns: (out, in)
+        scales, zeros = (
+            t.t().repeat_interleave(self.group_size, dim=1)
+            for t in self.scales_and_zeros[:, : self.out_features].float().unbind(-1)
+        )
+        return (codes - 8) * scales + zeros
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._output(self._product(x), x)
@@ -247,6 +261,13 @@ class Int8ViaInt4Linear(_Int4PackedLinear):
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> Int8ViaInt4Linear:
         return cls.from_int8(*quantize_int8_rows(weight), bias)
 
+    def float_weight(self) -> torch.Tensor:
+        """The (out, in) int8 weights times their scales, in float32."""
+        codes = self.int4_codes()
+        high, low = codes[: self.out_features] - 8, codes[self.half : self.half + self.out_features]
+        scales = self.scales_and_zeros[0, self.half : self.half + self.out_features, 0].float()
+        return (16 * high + low).float() * scales[:, None]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._product(x)
         # Summed in float32 and rounded once (as inductor does when it fuses this add).
@@ -277,6 +298,9 @@ class Int8Embedding(_BFloat16Module):
     @property
     def num_weights(self) -> int:
         return self.weight.numel()
+
+    def float_weight(self) -> torch.Tensor:
+        return self.weight.float() * self.scales.float()[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight[ids].to(COMPUTE_DTYPE) * self.scales[ids, None]
@@ -444,6 +468,33 @@ def count_weights(model: nn.Module) -> int:
         and not (model.config.tie_embeddings and m is model.lm_head)
     }
     return params + sum(quantised.values())
+
+
+def float_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights `model` computes with, in float32, under the names of its float version's
+    state dict: quantised layers dequantised, LoRA updates added (any layer with a
+    `float_weight()`). What an exporter writes, whatever precision the model runs in."""
+    out: dict[str, torch.Tensor] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if hasattr(module, "float_weight"):
+            out[prefix + "weight"] = module.float_weight().detach()
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                out[prefix + "bias"] = bias.detach().float()
+            return
+        skip = module._non_persistent_buffers_set
+        for name, tensor in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]:
+            if tensor is not None and name not in skip:
+                out[prefix + name] = tensor.detach().float()
+        for name, child in module.named_children():
+            visit(child, f"{prefix}{name}.")
+
+    visit(model, "")
+    return out
 
 
 def quantized_mode(model: nn.Module) -> str:
