@@ -22,7 +22,10 @@ from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPTConfig
 from lmforge.tokenizers import Tokenizer
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "gpt2")
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "gpt2", "gemma3")
+# Gemma 3 as llama.cpp runs it: every sixth layer attends to all tokens, the others to a window
+# with RoPE base 10000 (neither is stored in the file)
+_GEMMA3_FULL_EVERY, _GEMMA3_LOCAL_THETA = 6, 10000.0
 
 # Pre-tokenizer regexes by `tokenizer.ggml.pre`, as llama.cpp (llama-vocab.cpp) defines them.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -135,6 +138,8 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
             "weight_type": file.weight_type,
         },
     )
+    if file.arch == "gemma3":
+        return _gemma3_config(file, shared)
     if file.arch == "gpt2":  # llama.cpp's gpt2 graph: LayerNorm, tanh GELU, every bias
         return GPTConfig(
             **shared,
@@ -162,6 +167,39 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
     )
 
 
+def _gemma3_config(file: GGUFFile, shared: dict) -> GPTConfig:
+    n_layer = shared["n_layer"]
+    layer_types = [
+        "full_attention" if (i + 1) % _GEMMA3_FULL_EVERY == 0 else "sliding_attention"
+        for i in range(n_layer)
+    ]
+    scaling = None
+    if file.arch_get("rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
+    head_dim = file.arch_get("attention.key_length")
+    return GPTConfig(
+        **shared,
+        n_kv_head=file.arch_get("attention.head_count_kv"),
+        head_dim=head_dim,
+        norm="rmsnorm",
+        norm_eps=float(file.arch_get("attention.layer_norm_rms_epsilon", 1e-6)),
+        norm_offset=True,
+        mlp="geglu",
+        position="rope",
+        rope_theta=float(file.arch_get("rope.freq_base", 1e6)),
+        rope_scaling=scaling,
+        rope_local_theta=_GEMMA3_LOCAL_THETA,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        embed_scale=True,
+        qk_norm=True,
+        post_norms=True,
+        sliding_window=file.arch_get("attention.sliding_window"),
+        layer_types=layer_types,
+    )
+
+
 # GGUF tensor name -> ours, by architecture ({i}: the block; {p}: weight or bias). Llama's q/k/v
 # and gate/up are separate in GGUF and fused in our modules; GPT-2's q|k|v is fused in both.
 GGUF_NAMES = {
@@ -174,6 +212,23 @@ GGUF_NAMES = {
         "blk.{i}.attn_q.weight": "blocks.{i}.attn.q.weight",
         "blk.{i}.attn_k.weight": "blocks.{i}.attn.k.weight",
         "blk.{i}.attn_v.weight": "blocks.{i}.attn.v.weight",
+        "blk.{i}.attn_output.weight": "blocks.{i}.attn.out.weight",
+        "blk.{i}.ffn_gate.weight": "blocks.{i}.mlp.gate.weight",
+        "blk.{i}.ffn_up.weight": "blocks.{i}.mlp.up.weight",
+        "blk.{i}.ffn_down.weight": "blocks.{i}.mlp.down.weight",
+    },
+    "gemma3": {
+        "token_embd.weight": "embed.weight",
+        "output_norm.weight": "norm.weight",
+        "blk.{i}.attn_norm.weight": "blocks.{i}.attn_norm.weight",
+        "blk.{i}.post_attention_norm.weight": "blocks.{i}.attn_post_norm.weight",
+        "blk.{i}.ffn_norm.weight": "blocks.{i}.mlp_norm.weight",
+        "blk.{i}.post_ffw_norm.weight": "blocks.{i}.mlp_post_norm.weight",
+        "blk.{i}.attn_q.weight": "blocks.{i}.attn.q.weight",
+        "blk.{i}.attn_k.weight": "blocks.{i}.attn.k.weight",
+        "blk.{i}.attn_v.weight": "blocks.{i}.attn.v.weight",
+        "blk.{i}.attn_q_norm.weight": "blocks.{i}.attn.q_norm.weight",
+        "blk.{i}.attn_k_norm.weight": "blocks.{i}.attn.k_norm.weight",
         "blk.{i}.attn_output.weight": "blocks.{i}.attn.out.weight",
         "blk.{i}.ffn_gate.weight": "blocks.{i}.mlp.gate.weight",
         "blk.{i}.ffn_up.weight": "blocks.{i}.mlp.up.weight",
@@ -232,6 +287,8 @@ def weights_from_gguf(file: GGUFFile, config: GPTConfig) -> dict[str, torch.Tens
                 f"{file.path}: unexpected tensor {name!r} for a {file.arch} model"
             )
         renamed[ours] = tensor
+    if file.arch == "gemma3":  # llama.cpp stores Gemma's (1 + w) norm scales; we keep w
+        return {k: v - 1 if "norm" in k else v for k, v in renamed.items()}
     if file.arch == "gpt2":
         return renamed
     for i in range(config.n_layer):
@@ -263,44 +320,79 @@ def pre_tokenizer_for(pre: str):
     return pre_tokenizers.Sequence([split, byte_level])
 
 
+def _sentencepiece_backend(tokens: list[str], token_types: list[int]):
+    """SentencePiece BPE (Gemma's) as a `tokenizers` BPE: spaces are "▁", unknown characters
+    fall back to their bytes (<0xE2> ...), and merges are rebuilt from the vocabulary, which
+    stores none: every split of a token into two tokens, earlier tokens first (Gemma's order is
+    its tokens' order, not their scores), as transformers rebuilds them."""
+    import tokenizers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    # a whitespace token with spaces is stored as spaces; its pieces are spelled "▁"
+    spelled = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(spelled)}
+    merges = []
+    for token in spelled:
+        pairs = [(token[:c], token[c:]) for c in range(1, len(token))]
+        pairs = [p for p in pairs if p[0] in vocab and p[1] in vocab]
+        # ties (one token, several splits): longer left pieces first
+        merges.extend(sorted(pairs, key=lambda p: (-len(p[0]), -len(p[1]))))
+    unknown = next((t for t, k in zip(spelled, token_types, strict=True) if k == 2), None)
+    backend = tokenizers.Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=True, unk_token=unknown)
+    )
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return backend
+
+
 def tokenizer_from_gguf(file: GGUFFile):
-    """Rebuild the tokenizer stored in GGUF metadata as a `tokenizers` byte-level BPE."""
+    """Rebuild the tokenizer stored in GGUF metadata as a `tokenizers` BPE (byte-level, or
+    SentencePiece's with byte fallback)."""
     import tokenizers
     from tokenizers import decoders, models
 
     kind = file.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise CheckpointError(
-            f"{file.path}: tokenizer type {kind!r} is not supported yet; supported: 'gpt2' (byte-level BPE)"
+            f"{file.path}: tokenizer type {kind!r} is not supported yet; supported: 'gpt2' "
+            "(byte-level BPE) and 'llama' (SentencePiece BPE)"
         )
     tokens = file.get("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges", [])]
     token_types = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    backend = tokenizers.Tokenizer(
-        models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
-    )
-    pre = file.get("tokenizer.ggml.pre", "default")
-    if pre not in _SPLITS and pre not in _DIGITS_THEN_GPT2:
-        warnings.warn(
-            f"{file.path}: pre-tokenizer {pre!r} is not known to lmforge; using GPT-2's split, "
-            "so token ids may differ from the model's own tokenizer",
-            stacklevel=2,
+    if kind == "llama":
+        backend = _sentencepiece_backend(tokens, token_types)
+    else:
+        merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges", [])]
+        backend = tokenizers.Tokenizer(
+            models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
         )
-    backend.pre_tokenizer = pre_tokenizer_for(pre)
-    backend.decoder = decoders.ByteLevel()
+        pre = file.get("tokenizer.ggml.pre", "default")
+        if pre not in _SPLITS and pre not in _DIGITS_THEN_GPT2:
+            warnings.warn(
+                f"{file.path}: pre-tokenizer {pre!r} is not known to lmforge; using GPT-2's "
+                "split, so token ids may differ from the model's own tokenizer",
+                stacklevel=2,
+            )
+        backend.pre_tokenizer = pre_tokenizer_for(pre)
+        backend.decoder = decoders.ByteLevel()
     control, user_defined = 3, 4
+    known = backend.get_vocab()  # (a Gemma whitespace token is matched by its "▁" spelling)
     backend.add_special_tokens(
         [
             tokenizers.AddedToken(t, special=True, normalized=False)
             for t, k in zip(tokens, token_types, strict=True)
-            if k == control
+            if k == control and t in known
         ]
     )
     backend.add_tokens(
         [
             tokenizers.AddedToken(t, normalized=False)
             for t, k in zip(tokens, token_types, strict=True)
-            if k == user_defined
+            if k == user_defined and t in known
         ]
     )
     eos = file.get("tokenizer.ggml.eos_token_id")

@@ -149,6 +149,11 @@ def export_gguf(
 def gguf_architecture(model: nn.Module) -> str:
     """llama.cpp's architecture for `model`: "llama" or "gpt2", or an error saying what to do."""
     family = hf_family(model.config) if isinstance(model, GPT) else None
+    if family == "gemma3":
+        raise ConfigError(
+            "GGUF export covers the llama and gpt2 architectures; a Gemma 3 model exports as a "
+            "bundle (`lmforge export MODEL --format hf`), which transformers loads"
+        )
     if family is None:
         kind = type(model).__name__
         raise ConfigError(

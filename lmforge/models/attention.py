@@ -21,24 +21,35 @@ import torch.nn.functional as F
 SHORT_WINDOW = 128
 
 
-def attention_mask(cache, start: int, seq: int, mask: torch.Tensor | None):
+def attention_mask(
+    cache,
+    start: int,
+    seq: int,
+    mask: torch.Tensor | None,
+    device: torch.device,
+    window: int | None = None,
+):
     """Boolean (batch, 1, seq, keys) mask for `seq` new tokens written from slot `start` of
-    `cache` (a `KVCache` or None), with `mask` (batch, seq) False at padding; or None when plain
-    causal attention is exact."""
+    `cache` (a `KVCache` or None), with `mask` (batch, seq) False at padding, and each query
+    seeing only the last `window` keys when a window is given; or None when plain causal
+    attention is exact."""
     padded = (cache.has_padding if cache is not None else False) or (
         mask is not None and not bool(mask.all())
     )
-    if not padded and start == 0:
-        return None  # SDPA's is_causal
-    if not padded and seq == 1:
-        return None  # one new token sees every cached token
     n_keys = start + seq
-    device = mask.device if mask is not None else cache.valid.device
+    # (while compiling, the number of keys is symbolic: the window mask is always built)
+    windowed = window is not None and (n_keys > window or torch.compiler.is_compiling())
+    if not padded and not windowed and start == 0:
+        return None  # SDPA's is_causal
+    if not padded and not windowed and seq == 1:
+        return None  # one new token sees every cached token
     query_slots = torch.arange(start, n_keys, device=device)[:, None]
     key_slots = torch.arange(n_keys, device=device)[None, :]
     causal = key_slots <= query_slots
+    if windowed:  # slots of one row are consecutive positions, so this is the token distance
+        causal = causal & (query_slots - key_slots < window)
     valid = cache.valid[:, :n_keys] if cache is not None else mask
-    allowed = causal[None] & valid[:, None, :]
+    allowed = causal[None] if valid is None else causal[None] & valid[:, None, :]
     # A padding query would see no key at all (NaN rows); let it see itself.
     allowed = allowed | (key_slots == query_slots)[None]
     return allowed[:, None]
@@ -116,16 +127,27 @@ def one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> t
 
 
 def eager_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention written out, returning (output, weights (batch, heads, queries, keys)),
-    for callers that look at the weights; the fast path stays `attend`."""
+    for callers that look at the weights, and for scores soft-capped to (-softcap, softcap)
+    (Gemma 2), which no fused kernel does; the fast path stays `attend`. `attn_mask` as
+    `attend`'s."""
     batch, n_head, seq, dim = q.shape
     group = n_head // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(dim)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     keys = scores.shape[-1]
-    future = torch.ones(seq, keys, dtype=torch.bool, device=q.device).triu(keys - seq + 1)
-    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    if attn_mask is None:
+        hidden = torch.ones(seq, keys, dtype=torch.bool, device=q.device).triu(keys - seq + 1)
+    else:
+        hidden = ~attn_mask
+    weights = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
     y = (weights @ v.float()).to(q.dtype)
     return y.transpose(1, 2).reshape(batch, seq, n_head * dim), weights

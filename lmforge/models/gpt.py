@@ -1,9 +1,11 @@
-"""One decoder-only transformer for the GPT-2 and Llama families.
+"""One decoder-only transformer for the GPT-2, Llama and Gemma 3 families.
 
 A `GPTConfig` chooses the pieces that differ between families: learned positions or RoPE,
-LayerNorm or RMSNorm, a GELU MLP or SwiGLU, biases, grouped-query attention, tied embeddings.
-Attention (`lmforge.models.attention`) reads and writes a pre-allocated `KVCache`, so the same
-forward pass does prefill (many tokens) and decode (one token per step).
+LayerNorm or RMSNorm, a GELU MLP, SwiGLU or GeGLU (`lmforge.models.layers`), biases,
+grouped-query attention, tied embeddings; and Gemma's additions: scaled embeddings, query/key
+norms, norms after attention and the MLP, sliding-window layers with a RoPE base of their own,
+soft-capped logits. Attention (`lmforge.models.attention`) reads and writes a pre-allocated
+`KVCache`, so the same forward pass does prefill (many tokens) and decode (one token per step).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.models.attention import attend, attention_mask, eager_attention
 from lmforge.models.kv_cache import KVCache
+from lmforge.models.layers import MLP, make_norm
 from lmforge.models.protocol import Trace
 from lmforge.models.quantized import count_weights, head_reads_embedding, quantized_mode, retie
 from lmforge.models.rope import apply_rope, rope_angles, rope_inverse_frequencies
@@ -38,7 +40,8 @@ class GPTConfig:
     max_seq_len: int = 1024
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # "gelu" (GPT-2: tanh approximation) | "gelu_exact" (erf) | "swiglu" (Llama)
+    mlp: str = "gelu"  # "gelu" (GPT-2: tanh approximation) | "gelu_exact" (erf) | "swiglu"
+    # (Llama) | "geglu" (Gemma: the tanh GELU, gated)
     position: str = "learned"  # "learned" | "rope"
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear"|"llama3", ...}
@@ -48,6 +51,21 @@ class GPTConfig:
     norm_bias: bool = True  # LayerNorm's additive bias (nanoGPT trains without any bias)
     tie_embeddings: bool = True
     dropout: float = 0.0  # training only: after the embedding and each residual branch
+    # Gemma: embeddings times sqrt(d_model); RMSNorm scaling by 1 + weight; RMSNorm over each
+    # head's queries and keys; norms on the attention and MLP outputs before the residual adds
+    embed_scale: bool = False
+    norm_offset: bool = False
+    qk_norm: bool = False
+    post_norms: bool = False
+    # Sliding-window attention: which layers see only the last `sliding_window` tokens
+    # ("sliding_attention") and which every token ("full_attention"); None: all full. Sliding
+    # layers rotate with RoPE base `rope_local_theta` (None: rope_theta), without rope_scaling.
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
+    rope_local_theta: float | None = None
+    query_scale: float | None = None  # scores scale (None: 1 / sqrt(head_dim))
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the output logits
     # Initialisation from scratch: GPT-2 scales the residual output projections by
     # 1/sqrt(2 * n_layer); transformers' Llama draws every weight from N(0, 0.02).
     scaled_residual_init: bool = True
@@ -75,7 +93,7 @@ class GPTConfig:
             self.head_dim = self.d_model // self.n_head
         choices = {
             "norm": ("layernorm", "rmsnorm"),
-            "mlp": ("gelu", "gelu_exact", "swiglu"),
+            "mlp": ("gelu", "gelu_exact", "swiglu", "geglu"),
             "position": ("learned", "rope"),
         }
         for name, allowed in choices.items():
@@ -87,6 +105,18 @@ class GPTConfig:
             raise ConfigError(
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}"
             )
+        if self.layer_types is not None:
+            kinds = ("sliding_attention", "full_attention")
+            if len(self.layer_types) != self.n_layer or set(self.layer_types) - set(kinds):
+                raise ConfigError(
+                    f"layer_types={self.layer_types}; expected {self.n_layer} of {kinds}"
+                )
+            if "sliding_attention" in self.layer_types and not self.sliding_window:
+                raise ConfigError("layer_types has sliding layers but sliding_window is not set")
+
+    def sliding(self, layer: int) -> bool:
+        """Whether `layer` attends to the last `sliding_window` tokens only."""
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +140,13 @@ class Attention(nn.Module):
         qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
         self.out = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.out_bias)
+        if config.qk_norm:  # Gemma 3: RMSNorm over each head's features
+            self.q_norm = make_norm(config, config.head_dim)
+            self.k_norm = make_norm(config, config.head_dim)
+        # a scores scale other than 1/sqrt(head_dim), folded into the queries
+        default = config.head_dim**-0.5
+        self.q_factor = (config.query_scale or default) / default
+        self.softcap = config.attn_softcap
 
     def forward(self, x, rope, cache: KVCache | None, start: int, attn_mask, trace=None):
         batch, seq, _ = x.shape
@@ -118,73 +155,45 @@ class Attention(nn.Module):
         q = q.view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
         k = k.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, kv, T, hd)
         v = v.view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.q_factor != 1:
+            q = q * self.q_factor
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)  # every key and value so far
-        if trace is None:
+        if trace is None and self.softcap is None:
             return self.out(attend(q, k, v, attn_mask))  # (B, T, d)
-        y, weights = eager_attention(q, k, v)
-        trace.attentions.append(weights)
+        y, weights = eager_attention(q, k, v, attn_mask, self.softcap)
+        if trace is not None:
+            trace.attentions.append(weights)
         return self.out(y)
 
 
-class MLP(nn.Module):
-    """GPT-2's GELU MLP, or Llama's SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused
-    into one projection (one matrix multiply instead of two)."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
-            self.gate_up = nn.Linear(config.d_model, 2 * config.d_ff, bias=config.mlp_bias)
-        else:
-            self.up = nn.Linear(config.d_model, config.d_ff, bias=config.mlp_bias)
-            # erf GELU (nanoGPT's choice) trains several times faster on CPUs than the tanh
-            # approximation, whose backward pass PyTorch does not vectorise as well.
-            self.approximate = "tanh" if config.mlp == "gelu" else "none"
-        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
-
-    def forward(self, x):
-        if self.swiglu:
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back, as Llama does."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
-
-
-def make_norm(config: GPTConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
-
-
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with `post_norms`
+    (Gemma) each branch's output is normed too: x + norm(attn(norm(x)))."""
 
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
+        self.sliding = config.sliding(layer)
         self.attn_norm = make_norm(config)
         self.attn = Attention(config, layer)
         self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config.d_model, config.d_ff, config.mlp, config.mlp_bias)
+        if config.post_norms:
+            self.attn_post_norm, self.mlp_post_norm = make_norm(config), make_norm(config)
+        else:
+            self.attn_post_norm = self.mlp_post_norm = nn.Identity()
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache, start, attn_mask, trace=None):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, start, attn_mask, trace))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+    def forward(self, x, ropes, cache, start, masks, trace=None):
+        """ropes, masks: (full attention's, sliding-window attention's); a block takes its own."""
+        rope, attn_mask = ropes[self.sliding], masks[self.sliding]
+        attended = self.attn(self.attn_norm(x), rope, cache, start, attn_mask, trace)
+        x = x + self.drop(self.attn_post_norm(attended))
+        return x + self.drop(self.mlp_post_norm(self.mlp(self.mlp_norm(x))))
 
 
 class GPT(nn.Module):
@@ -210,6 +219,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         if config.position == "rope":
             self.register_buffer("inv_freq", self.rope_frequencies(), persistent=False)
+            self.register_buffer("local_inv_freq", self.rope_frequencies(True), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
         """Casts and moves (`.to`, `.cuda`, ...) keep the RoPE frequencies in float32: rounded
@@ -220,12 +230,21 @@ class GPT(nn.Module):
         if tied and not head_reads_embedding(self):
             retie(self)
         if self.config.position == "rope":
-            self.inv_freq = self.rope_frequencies().to(self.norm.weight.device)
+            self.set_rope_frequencies()
         return self
 
-    def rope_frequencies(self) -> torch.Tensor:
+    def rope_frequencies(self, local: bool = False) -> torch.Tensor:
+        """RoPE speeds of full-attention layers, or of sliding-window ones (`local`: their own
+        base, unscaled, as Gemma 3 has them)."""
         c = self.config
+        if local and c.rope_local_theta is not None:
+            return rope_inverse_frequencies(c.head_dim, c.rope_local_theta)
         return rope_inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+
+    def set_rope_frequencies(self) -> None:
+        device = self.norm.weight.device
+        self.inv_freq = self.rope_frequencies().to(device)
+        self.local_inv_freq = self.rope_frequencies(local=True).to(device)
 
     @property
     def max_seq_len(self) -> int:
@@ -269,7 +288,14 @@ class GPT(nn.Module):
         x = self._blocks(input_ids, cache, positions, mask, trace)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x)), cache
+        return self.read_out(x), cache
+
+    def read_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the residual stream: the final norm and the output head (soft-capped
+        with `final_softcap`)."""
+        logits = self.lm_head(self.norm(x))
+        cap = self.config.final_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final hidden states (batch, seq, d_model) of whole sequences, after the final norm:
@@ -283,10 +309,17 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.reserve(seq, mask)
         consecutive = positions is None
         positions = self.positions_for(input_ids, start, positions)
-        x, rope = self.embed_tokens(input_ids, positions, start if consecutive else None)
-        attn_mask = attention_mask(cache, start, seq, mask)
+        x, ropes = self.embed_tokens(input_ids, positions, start if consecutive else None)
+        full = attention_mask(cache, start, seq, mask, input_ids.device)
+        window = self.config.sliding_window if self.config.layer_types else None
+        sliding = (
+            full
+            if window is None
+            else attention_mask(cache, start, seq, mask, input_ids.device, window)
+        )
+        masks = (full, sliding)
         for block in self.blocks:
-            x = block(x, rope, cache, start, attn_mask, trace)
+            x = block(x, ropes, cache, start, masks, trace)
             if trace is not None:
                 trace.hidden_states.append(x)
         return x
@@ -312,7 +345,7 @@ class GPT(nn.Module):
     def trace(self, input_ids: torch.Tensor) -> Trace:
         """One unpadded sequence through eager attention, keeping every layer's attention weights
         and residual stream; `read_out` is the model's own final norm and head (the logit lens)."""
-        record = Trace(read_out=lambda h: self.lm_head(self.norm(h)))
+        record = Trace(read_out=self.read_out)
         record.logits, _ = self(input_ids, trace=record)
         return record
 
@@ -338,22 +371,25 @@ class GPT(nn.Module):
     def embed_tokens(
         self, input_ids: torch.Tensor, positions: torch.Tensor, first: int | None = None
     ):
-        """The first residual stream (token plus learned position embeddings, dropout) and the
-        RoPE (cos, sin) for `positions`, or None for learned positions.
+        """The first residual stream (token plus learned position embeddings, or token
+        embeddings times sqrt(d_model) for Gemma; dropout) and the RoPE (cos, sin) of full and of
+        sliding-window layers for `positions`, or (None, None) for learned positions.
 
         first: the first position when `positions` run consecutively from it in every row. Learned
         positions are then a slice of the table, whose gradient is a sum over the batch rather than
         a gather's scatter."""
         x = self.embed(input_ids)
+        if self.config.embed_scale:  # the scale rounded to the weights' dtype, as Gemma does
+            x = x * torch.tensor(self.config.d_model**0.5, dtype=x.dtype)
         if self.pos_embed is not None:
             seq = input_ids.shape[1]
             table = self.pos_embed
             x = x + (table(positions) if first is None else table.weight[first : first + seq])
-        x = self.drop(x)
-        rope = (
-            None if self.pos_embed is not None else rope_angles(positions, self.inv_freq, x.dtype)
-        )
-        return x, rope
+            return self.drop(x), (None, None)
+        rope = rope_angles(positions, self.inv_freq, x.dtype)
+        if self.config.rope_local_theta is None:
+            return self.drop(x), (rope, rope)
+        return self.drop(x), (rope, rope_angles(positions, self.local_inv_freq, x.dtype))
 
     def init_weights(self) -> None:
         """Initialisation for training from scratch: N(0, 0.02) weights and zero biases, with
