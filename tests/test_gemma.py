@@ -46,12 +46,22 @@ def save_random_gemma3(directory, **overrides):
     return model
 
 
+def random_gemma3(directory, softcapped: bool):
+    """(reference, our LM, directory); soft-capped: transformers' Gemma 3 caps the logits and
+    ignores the attention cap"""
+    caps = {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}
+    reference = save_random_gemma3(directory, **(caps if softcapped else {}))
+    return reference, lmforge.load(directory, compile=False), directory
+
+
 @pytest.fixture(scope="module", params=["plain", "softcapped"])
 def gemma(request, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gemma3")
-    caps = {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}
-    reference = save_random_gemma3(directory, **(caps if request.param == "softcapped" else {}))
-    return reference, lmforge.load(directory, compile=False), directory
+    return random_gemma3(tmp_path_factory.mktemp("gemma3"), request.param == "softcapped")
+
+
+@pytest.fixture(scope="module")
+def capped_gemma(tmp_path_factory):
+    return random_gemma3(tmp_path_factory.mktemp("capped"), softcapped=True)
 
 
 def test_the_config_reads_every_gemma3_setting(gemma):
@@ -179,3 +189,27 @@ def test_a_model_shipped_in_parts_is_joined_once_and_checked(tmp_path, monkeypat
     with pytest.raises(lmforge.CheckpointError, match="parts join to sha256"):
         resolving.resolve("parted")
     assert not joined.exists() and not list(joined.parent.iterdir())  # no partial file left
+
+
+def test_a_compiled_step_decodes_as_eagerly_past_the_window(capped_gemma):
+    _, lm, directory = capped_gemma
+    compiled = lmforge.load(directory, compile="now")
+    prompt = lm.tokenizer.encode("The quick brown fox")
+    options = dict(max_new_tokens=3 * WINDOW, logit_bias={50256: -100.0})
+    assert (
+        compiled.generate(prompt, **options).token_ids == lm.generate(prompt, **options).token_ids
+    )
+    assert compiled.model.compiled_decoder.compiled_layouts  # the steps did run compiled
+
+
+def test_lora_fine_tuning_trains_a_gemma_and_the_adapter_loads(capped_gemma, tmp_path):
+    _, lm, directory = capped_gemma
+    data = tmp_path / "fox.txt"
+    data.write_text("The quick brown fox jumps over the lazy dog.\n" * 40)
+    tuned = lmforge.finetune(
+        directory, data, tmp_path / "run", task="lm", lora=True, steps=8, block_size=16,
+        batch_size=2, warmup=0, lr=1e-2, eval_interval=8, val_fraction=0.1, test_fraction=0.0,
+    )  # fmt: skip
+    ids = torch.tensor([lm.tokenizer.encode("The quick brown fox jumps")])
+    with torch.no_grad():
+        assert not torch.allclose(tuned.model(ids)[0], lm.model(ids)[0], atol=1e-3)
