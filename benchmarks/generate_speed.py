@@ -1,4 +1,5 @@
-"""Generation speed: lmforge vs transformers vs llama.cpp on the embedded SmolLM2-135M GGUF.
+"""Generation speed: lmforge vs transformers vs llama.cpp on a GGUF model (the embedded
+SmolLM2-135M by default; `--model gemma3-270m` for Gemma 3 270M).
 
 Every peer runs in its own processes (`benchmarks/peer.py`), with the same prompt token ids,
 greedy, the same thread count, in one run of this script: decode tokens/s at batch 1 and 8
@@ -82,6 +83,8 @@ def main() -> None:
         "llamacpp",
     )
     parser.add_argument("--llamacpp-python", default=".venv-llamacpp/bin/python")
+    parser.add_argument("--model", default=None, help="a model name or GGUF file (default: "
+                        "smollm2-135m-instruct)")  # fmt: skip
     args = parser.parse_args()
     for name in ("rounds", "runs", "start_runs"):
         if getattr(args, name) < 1:
@@ -90,8 +93,8 @@ def main() -> None:
     import lmforge
     from lmforge.checkpoints import DEFAULT_MODEL, resolve
 
-    model = str(resolve(DEFAULT_MODEL))
-    short, long = bench_prompts(lmforge.load(model).tokenizer)
+    model = str(resolve(args.model or DEFAULT_MODEL))
+    short, long = bench_prompts(lmforge.load(model, compile=False).tokenizer)
     ids_file = Path(tempfile.mkdtemp()) / "ids.json"
     ids_file.write_text(json.dumps({"short": short, "long": long}))
 
@@ -120,10 +123,16 @@ def main() -> None:
     table = {p: {m: Stats.of(v) for m, v in samples[p].items()} for p in peers}
 
     first, others = peers[0], peers[1:]
+    import torch
+
+    from lmforge.bench import streaming_bandwidth
+
     print(
-        f"\nSmolLM2-135M ({Path(model).name}), greedy, {args.threads} threads, "
+        f"\n{Path(model).name}, greedy, {args.threads} threads, "
         f"median (min-max) of {args.rounds} rounds x {args.runs} runs "
-        f"({args.start_runs} for start-up and RSS)\n"
+        f"({args.start_runs} for start-up and RSS); machine: "
+        f"{torch.backends.cpu.get_cpu_capability()} CPU kernels, "
+        f"{streaming_bandwidth():.1f} GB/s streaming\n"
     )
     header = [LABELS.get(p, p) for p in peers] + [
         f"{LABELS.get(first, first)} / {LABELS.get(p, p)}" for p in others

@@ -213,3 +213,19 @@ def test_lora_fine_tuning_trains_a_gemma_and_the_adapter_loads(capped_gemma, tmp
     ids = torch.tensor([lm.tokenizer.encode("The quick brown fox jumps")])
     with torch.no_grad():
         assert not torch.allclose(tuned.model(ids)[0], lm.model(ids)[0], atol=1e-3)
+
+
+def test_a_gemma3_trained_here_is_a_checkpoint_transformers_loads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.models.presets import build_model
+    from lmforge.tokenizers.train import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["The quick brown fox jumps over the lazy dog. " * 50], 300)
+    model = build_model("gpt", 300, 32, family="gemma3", n_layer=3, n_head=2, n_embd=32).eval()
+    assert model.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
+    save_bundle(model, tokenizer, tmp_path / "bundle")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "bundle").eval()
+    ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (reference(ids).logits - model(ids)[0]).abs().max() <= 1e-4

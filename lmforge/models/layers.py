@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.models.gpt_config import GPTConfig
+
 
 class MLP(nn.Module):
     """GPT-2's GELU MLP, or a gated one: down(act(gate(x)) * up(x)) with SiLU (Llama's SwiGLU)
@@ -54,7 +56,7 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def make_norm(config, dim: int | None = None) -> nn.Module:
+def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
     """The config's norm over `dim` features (default: d_model)."""
     dim = dim or config.d_model
     if config.norm == "rmsnorm":
