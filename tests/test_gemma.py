@@ -229,3 +229,12 @@ def test_a_gemma3_trained_here_is_a_checkpoint_transformers_loads(tmp_path):
     ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (reference(ids).logits - model(ids)[0]).abs().max() <= 1e-4
+
+
+def test_explain_traces_show_each_layers_window(gemma):
+    _, lm, _ = gemma
+    ids = torch.tensor([lm.tokenizer.encode("a sentence that is longer than the window of eight")])
+    record = lm.model.trace(ids)
+    seen = [int((weights[0, 0, -1] > 0).sum()) for weights in record.attentions]
+    assert seen == [WINDOW, ids.shape[1], WINDOW]  # sliding, full, sliding
+    assert torch.allclose(record.logits, lm.model(ids)[0], atol=1e-5)
