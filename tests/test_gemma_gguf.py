@@ -74,25 +74,25 @@ def test_token_ids_match_transformers(gemma, hf_gemma):
         assert gemma.tokenizer.decode(ids, skip_special_tokens=False) == text
 
 
+def greedy_tokens_agree(gemma, hf_model, ids: list[int], n: int) -> bool:
+    """Both decode `n` greedy tokens after `ids` with their caches (EOS banned on both sides:
+    transformers' min_new_tokens, a -100 logit bias here)."""
+    ours = gemma.generate(ids, max_new_tokens=n, logit_bias={1: -100.0}).token_ids
+    with torch.no_grad():
+        out = hf_model.generate(
+            torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n
+        )
+    return ours == out[0, len(ids) :].tolist()
+
+
 def test_same_32_greedy_tokens_as_transformers(gemma, hf_gemma):
     ids = gemma.tokenizer.encode("The capital of France is")
-    ours = gemma.generate(ids, max_new_tokens=32, logit_bias={1: -100.0}).token_ids
-    with torch.no_grad():
-        out = hf_gemma[0].generate(
-            torch.tensor([ids]), max_new_tokens=32, do_sample=False, min_new_tokens=32
-        )
-    assert ours == out[0, len(ids) :].tolist()
+    assert greedy_tokens_agree(gemma, hf_gemma[0], ids, 32)
 
 
 def test_decoding_across_the_window_with_the_cache_matches_transformers(gemma, hf_gemma):
     """A 500-token prompt and 40 new tokens: the sliding layers' window moves during decoding."""
-    ids = shakespeare_ids(gemma, 500)
-    ours = gemma.generate(ids, max_new_tokens=40, logit_bias={1: -100.0}).token_ids
-    with torch.no_grad():
-        out = hf_gemma[0].generate(
-            torch.tensor([ids]), max_new_tokens=40, do_sample=False, min_new_tokens=40
-        )
-    assert ours == out[0, len(ids) :].tolist()
+    assert greedy_tokens_agree(gemma, hf_gemma[0], shakespeare_ids(gemma, 500), 40)
 
 
 def test_the_default_precision_keeps_the_hamlet_likelihood(gemma, gemma_path):

@@ -19,7 +19,7 @@ import torch
 
 from lmforge.checkpoints.hf import name_regex
 from lmforge.errors import CheckpointError
-from lmforge.models.gpt import GPTConfig
+from lmforge.models.gpt_config import GEMMA3, GPTConfig
 from lmforge.tokenizers import Tokenizer
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "gpt2", "gemma3")
@@ -148,9 +148,6 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
             mlp="gelu",
             position="learned",
         )
-    scaling = None
-    if file.arch_get("rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
     return GPTConfig(
         **shared,
         n_kv_head=file.arch_get("attention.head_count_kv") or n_head,
@@ -160,7 +157,7 @@ def config_from_gguf(file: GGUFFile) -> GPTConfig:
         mlp="swiglu",
         position="rope",
         rope_theta=float(file.arch_get("rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
+        rope_scaling=_rope_scaling(file),
         qkv_bias=False,
         out_bias=False,
         mlp_bias=False,
@@ -173,31 +170,24 @@ def _gemma3_config(file: GGUFFile, shared: dict) -> GPTConfig:
         "full_attention" if (i + 1) % _GEMMA3_FULL_EVERY == 0 else "sliding_attention"
         for i in range(n_layer)
     ]
-    scaling = None
-    if file.arch_get("rope.scaling.type") == "linear":
-        scaling = {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
-    head_dim = file.arch_get("attention.key_length")
     return GPTConfig(
         **shared,
+        **GEMMA3,
         n_kv_head=file.arch_get("attention.head_count_kv"),
-        head_dim=head_dim,
-        norm="rmsnorm",
+        head_dim=file.arch_get("attention.key_length"),
         norm_eps=float(file.arch_get("attention.layer_norm_rms_epsilon", 1e-6)),
-        norm_offset=True,
-        mlp="geglu",
-        position="rope",
         rope_theta=float(file.arch_get("rope.freq_base", 1e6)),
-        rope_scaling=scaling,
+        rope_scaling=_rope_scaling(file),
         rope_local_theta=_GEMMA3_LOCAL_THETA,
-        qkv_bias=False,
-        out_bias=False,
-        mlp_bias=False,
-        embed_scale=True,
-        qk_norm=True,
-        post_norms=True,
         sliding_window=file.arch_get("attention.sliding_window"),
         layer_types=layer_types,
     )
+
+
+def _rope_scaling(file: GGUFFile) -> dict[str, Any] | None:
+    if file.arch_get("rope.scaling.type") == "linear":
+        return {"rope_type": "linear", "factor": file.arch_get("rope.scaling.factor")}
+    return None
 
 
 # GGUF tensor name -> ours, by architecture ({i}: the block; {p}: weight or bias). Llama's q/k/v

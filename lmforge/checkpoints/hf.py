@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from lmforge.errors import CheckpointError
 from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.gpt_config import GEMMA3
 from lmforge.models.quantized import head_reads_embedding, prepare_quantized, retie
 from lmforge.paths import read_json
 from lmforge.tokenizers import Tokenizer
@@ -91,6 +92,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
 def _gemma3_config(hf: dict[str, Any], source: str) -> GPTConfig:
     """Gemma 3's text model: transformers 5's `rope_parameters` per layer type, or the older
     rope_theta / rope_local_base_freq / rope_scaling keys."""
+    if hf.get("attention_bias"):
+        raise CheckpointError(f"{source}: Gemma 3 with attention biases is not supported")
     if hf.get("use_bidirectional_attention"):
         raise CheckpointError(f"{source}: bidirectional Gemma 3 (an encoder) is not supported")
     if hf.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
@@ -109,6 +112,7 @@ def _gemma3_config(hf: dict[str, Any], source: str) -> GPTConfig:
     ]
     scaling = full if full.get("rope_type", "default") != "default" else None
     return GPTConfig(
+        **GEMMA3,
         vocab_size=hf["vocab_size"],
         n_layer=n_layer,
         n_head=hf["num_attention_heads"],
@@ -117,21 +121,11 @@ def _gemma3_config(hf: dict[str, Any], source: str) -> GPTConfig:
         d_ff=hf["intermediate_size"],
         head_dim=hf.get("head_dim", 256),
         max_seq_len=hf.get("max_position_embeddings", 32768),
-        norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
-        norm_offset=True,
-        mlp="geglu",
-        position="rope",
         rope_theta=full["rope_theta"],
         rope_scaling=scaling,
         rope_local_theta=local["rope_theta"],
-        qkv_bias=hf.get("attention_bias", False),
-        out_bias=hf.get("attention_bias", False),
-        mlp_bias=False,
         tie_embeddings=hf.get("tie_word_embeddings", True),
-        embed_scale=True,
-        qk_norm=True,
-        post_norms=True,
         sliding_window=hf.get("sliding_window", 512),
         layer_types=list(layer_types),
         query_scale=hf.get("query_pre_attn_scalar", 256) ** -0.5,
@@ -443,15 +437,7 @@ def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str,
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
+        **_decoder_sizes(config),
         "rope_theta": config.rope_theta,
         "rope_scaling": config.rope_scaling,
         "attention_bias": config.qkv_bias,
@@ -462,12 +448,9 @@ def hf_config(config: GPTConfig, family: str, tokenizer: Tokenizer) -> dict[str,
     }
 
 
-def _gemma3_hf_config(config: GPTConfig, ids: dict[str, Any]) -> dict[str, Any]:
-    full = {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})}
-    local = {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta}
+def _decoder_sizes(config: GPTConfig) -> dict[str, Any]:
+    """The size keys Llama's and Gemma 3's config.json share."""
     return {
-        "model_type": "gemma3_text",
-        "architectures": ["Gemma3ForCausalLM"],
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.d_ff,
@@ -477,6 +460,16 @@ def _gemma3_hf_config(config: GPTConfig, ids: dict[str, Any]) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
+    }
+
+
+def _gemma3_hf_config(config: GPTConfig, ids: dict[str, Any]) -> dict[str, Any]:
+    full = {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})}
+    local = {"rope_type": "default", "rope_theta": config.rope_local_theta or config.rope_theta}
+    return {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        **_decoder_sizes(config),
         "rope_parameters": {"full_attention": full, "sliding_attention": local},
         "sliding_window": config.sliding_window,
         "layer_types": config.layer_types or ["full_attention"] * config.n_layer,
@@ -484,7 +477,7 @@ def _gemma3_hf_config(config: GPTConfig, ids: dict[str, Any]) -> dict[str, Any]:
         "attn_logit_softcapping": config.attn_softcap,
         "final_logit_softcapping": config.final_softcap,
         "hidden_activation": "gelu_pytorch_tanh",
-        "attention_bias": config.qkv_bias,
+        "attention_bias": False,
         "tie_word_embeddings": config.tie_embeddings,
         **ids,
     }

@@ -107,3 +107,19 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
         return cls(**data)
+
+
+# What makes a GPTConfig Gemma 3's (besides its sizes, window and RoPE bases): checkpoints of
+# every format and the gemma3 training family start from these.
+GEMMA3 = dict(
+    norm="rmsnorm",
+    norm_offset=True,
+    mlp="geglu",
+    position="rope",
+    qkv_bias=False,
+    out_bias=False,
+    mlp_bias=False,
+    embed_scale=True,
+    qk_norm=True,
+    post_norms=True,
+)

@@ -12,6 +12,7 @@ from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.gpt_config import GEMMA3
 from lmforge.models.rnn import RNNLM, RNNConfig
 from lmforge.models.seq2seq import Seq2SeqConfig, Seq2SeqGRU, Seq2SeqTransformer
 from lmforge.models.transformer import TransformerConfig, TransformerLM
@@ -70,20 +71,11 @@ def _family_config(
             raise ConfigError("bias=True: the gemma3 family has no biases; use family='gpt2'")
         full = [(i + 1) % 6 == 0 or i == n_layer - 1 for i in range(n_layer)]
         return dict(
-            norm="rmsnorm",
+            **GEMMA3,
             norm_eps=1e-6,
-            norm_offset=True,
-            mlp="geglu",
-            position="rope",
             rope_theta=1e6,
             rope_local_theta=1e4,
             d_ff=4 * n_embd,
-            qkv_bias=False,
-            out_bias=False,
-            mlp_bias=False,
-            embed_scale=True,
-            qk_norm=True,
-            post_norms=True,
             sliding_window=max(block_size // 4, 1),
             layer_types=["full_attention" if f else "sliding_attention" for f in full],
             scaled_residual_init=False,
