@@ -270,12 +270,12 @@ class GPT(nn.Module):
         }
 
     def _attention_kinds(self) -> str:
+        """Which layers see a sliding window and which see every token (Gemma 3)."""
         c = self.config
         sliding = c.layer_types.count("sliding_attention")
-        local = f", RoPE theta {c.rope_local_theta:g}" if c.rope_local_theta else ""
-        return (
-            f"{sliding} layers a {c.sliding_window}-token window{local}, {c.n_layer - sliding} full"
-        )
+        local = f" (RoPE theta {c.rope_local_theta:g})" if c.rope_local_theta else ""
+        full = c.n_layer - sliding
+        return f"sliding window {c.sliding_window}{local} in {sliding} layers, full in {full}"
 
     def embed_tokens(
         self, input_ids: torch.Tensor, positions: torch.Tensor, first: int | None = None
