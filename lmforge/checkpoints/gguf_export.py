@@ -41,6 +41,11 @@ _TYPE_FOR_MODE = {"none": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_1"}
 # visibly more quality than the rest of the model
 _FOUR_BIT = ("q4_0", "q4_1")
 _TOKEN_TYPES = {"normal": 1, "control": 3, "user_defined": 4, "unused": 5}
+# Our fused projections -> the separate ones llama.cpp's llama architecture has
+_SPLIT = {
+    ".attn.qkv.": (".attn.q.", ".attn.k.", ".attn.v."),
+    ".mlp.gate_up.": (".mlp.gate.", ".mlp.up."),
+}
 # Pre-tokenizer names llama.cpp knows, tried in this order against a tokenizer's own
 _PRE_NAMES = ("gpt-2", "smollm", "llama-bpe", "qwen2")
 
@@ -94,28 +99,31 @@ def export_gguf(
     if type == "auto":
         type = _auto_type(source_file, mode)
     notes: list[str] = []
-    tensors = gguf_tensors(float_state_dict(model), config, architecture)
-    unchanged = _unchanged(tensors, source_file, source, mode, model) if source_file else set()
-    if mode in ("int8", "int4") and len(unchanged) < len(tensors):
+    layers, unchanged = _unchanged(source_file, source, mode, model) if source_file else (set(), {})
+    # what the model computes with, for the layers it changed (the others come from the file;
+    # a tied head is not written)
+    skip = layers | ({"lm_head"} if config.tie_embeddings else set())
+    tensors = gguf_tensors(float_state_dict(model, skip), config, architecture)
+    if mode in ("int8", "int4") and tensors:
         notes.append(f"{mode} weights were dequantised and requantised into ggml blocks")
-    source_tensors = {t.name: t for t in source_file.reader.tensors} if source_file else {}
 
     import gguf
 
     writer_type = {t.name.lower(): t for t in gguf.GGMLQuantizationType}
     planned, copied, fallback = [], 0, []
-    for tensor_name, values in tensors.items():
-        qtype = writer_type[_tensor_type(tensor_name, values, type)]
-        if values.ndim == 2 and values.shape[1] % gguf.GGML_QUANT_SIZES[qtype][0]:
-            fallback.append(tensor_name)
+    for tensor_name, values in {**unchanged, **tensors}.items():
+        original = unchanged.get(tensor_name)
+        shape = values.shape if original is None else _shape(original)
+        qtype = writer_type[_tensor_type(tensor_name, len(shape), type)]
+        if len(shape) == 2 and shape[1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            fallback.append(f"{tensor_name}: {shape[1]}")
             qtype = gguf.GGMLQuantizationType.F16
-        original = source_tensors.get(tensor_name)
-        if tensor_name in unchanged and original.tensor_type == qtype:
+        if original is not None and original.tensor_type == qtype:
             planned.append((tensor_name, np.asarray(original.data), qtype))
             copied += 1
             continue
-        if tensor_name in unchanged:  # the file's exact values, not the runtime's rounding
-            values = _dequantised(original, values.shape)
+        if original is not None:  # the file's exact values, not the runtime's rounding
+            values = _dequantised(original, shape)
         planned.append((tensor_name, gguf.quants.quantize(values, qtype), qtype))
     if copied:
         notes.append(f"{copied} unchanged tensors copied bit-exactly from {source}")
@@ -123,8 +131,8 @@ def export_gguf(
         notes.append("token embedding and output head kept Q8_0, as llama.cpp's Q4 files do")
     if fallback:
         notes.append(
-            f"{len(fallback)} tensors written F16: their rows ({fallback[0]}: "
-            f"{tensors[fallback[0]].shape[1]}) are not a multiple of the block size"
+            f"{len(fallback)} tensors written F16: their rows ({fallback[0]}) are not a "
+            "multiple of the block size"
         )
 
     def write(target: Path) -> None:
@@ -176,27 +184,29 @@ def gguf_tensors(
     floats: dict[str, torch.Tensor], config, architecture: str
 ) -> dict[str, np.ndarray]:
     """Our float32 weights under GGUF names and in llama.cpp's layouts: Llama's q/k/v and
-    gate/up split, q/k rows permuted; GPT-2's missing biases as zeros; a tied head omitted."""
+    gate/up split, q/k rows permuted; GPT-2's missing biases as zeros; a tied head omitted.
+    `floats` may hold some layers only (the others are taken from the source file)."""
     ours = dict(floats)
     if config.tie_embeddings:
         ours.pop("lm_head.weight", None)
     for i in range(config.n_layer):
         block = f"blocks.{i}"
         if architecture == "llama":
-            qkv = ours.pop(f"{block}.attn.qkv.weight")
-            sizes = [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2
-            q, k, v = qkv.split(sizes, dim=0)
-            ours[f"{block}.attn.q.weight"] = permute_rope_rows(q, config.n_head)
-            ours[f"{block}.attn.k.weight"] = permute_rope_rows(k, config.n_kv_head)
-            ours[f"{block}.attn.v.weight"] = v
-            gate, up = ours.pop(f"{block}.mlp.gate_up.weight").chunk(2, dim=0)
-            ours[f"{block}.mlp.gate.weight"], ours[f"{block}.mlp.up.weight"] = gate, up
+            if f"{block}.attn.qkv.weight" in ours:
+                qkv = ours.pop(f"{block}.attn.qkv.weight")
+                sizes = [config.n_head * config.head_dim] + [config.n_kv_head * config.head_dim] * 2
+                q, k, v = qkv.split(sizes, dim=0)
+                ours[f"{block}.attn.q.weight"] = permute_rope_rows(q, config.n_head)
+                ours[f"{block}.attn.k.weight"] = permute_rope_rows(k, config.n_kv_head)
+                ours[f"{block}.attn.v.weight"] = v
+            if f"{block}.mlp.gate_up.weight" in ours:
+                gate, up = ours.pop(f"{block}.mlp.gate_up.weight").chunk(2, dim=0)
+                ours[f"{block}.mlp.gate.weight"], ours[f"{block}.mlp.up.weight"] = gate, up
         else:  # llama.cpp's gpt2 graph adds every bias
             for part in ("attn_norm", "attn.qkv", "attn.out", "mlp_norm", "mlp.up", "mlp.down"):
-                weight = ours[f"{block}.{part}.weight"]
-                ours.setdefault(f"{block}.{part}.bias", torch.zeros(weight.shape[0]))
+                _zero_bias(ours, f"{block}.{part}")
     if architecture == "gpt2":
-        ours.setdefault("norm.bias", torch.zeros(config.d_model))
+        _zero_bias(ours, "norm")
     out = {}
     for our_name, tensor in ours.items():
         gguf_name = rename(our_name, WRITE_RULES[architecture])
@@ -206,8 +216,15 @@ def gguf_tensors(
     return out
 
 
-def _tensor_type(name: str, values: np.ndarray, type: str) -> str:
-    if values.ndim == 1:
+def _zero_bias(ours: dict[str, torch.Tensor], layer: str) -> None:
+    """A zero bias for a layer written without one (llama.cpp's gpt2 graph adds them all)."""
+    weight = ours.get(f"{layer}.weight")
+    if weight is not None:
+        ours.setdefault(f"{layer}.bias", torch.zeros(weight.shape[0]))
+
+
+def _tensor_type(name: str, ndim: int, type: str) -> str:
+    if ndim == 1:
         return "f32"
     if type in _FOUR_BIT and name in ("token_embd.weight", "output.weight"):
         return "q8_0"
@@ -227,22 +244,50 @@ def _auto_type(source_file: GGUFFile | None, mode: str) -> str:
     return _TYPE_FOR_MODE[mode]
 
 
-def _unchanged(tensors, source_file: GGUFFile, source, mode: str, model) -> set[str]:
-    """The GGUF names whose values equal what loading `source` again gives (the same precision
-    and group size): the tensors the model did not change since it was loaded."""
+def _unchanged(source_file: GGUFFile, source, mode: str, model) -> tuple[set[str], dict]:
+    """The layers the model did not change since it was loaded (those whose stored tensors equal
+    what loading `source` again gives, at the same precision and group size; compared as stored,
+    int4 codes packed), and their GGUF tensors in the source file, by name."""
     from lmforge.checkpoints.load import load_checkpoint
 
     group = next((m.group_size for m in model.modules() if hasattr(m, "group_size")), 32)
-    reference = load_checkpoint(source, quantize=mode, group_size=group)
-    if source_file.arch != gguf_architecture(reference.model):
-        return set()
-    again = gguf_tensors(float_state_dict(reference.model), model.config, source_file.arch)
-    names = {t.name for t in source_file.reader.tensors}
-    return {
-        n
-        for n, values in tensors.items()
-        if n in names and n in again and np.array_equal(values, again[n])
+    reference = load_checkpoint(source, quantize=mode, group_size=group).model
+    if source_file.arch != gguf_architecture(reference):
+        return set(), {}
+    ours, theirs = model.state_dict(), reference.state_dict()
+    changed = {
+        name.rpartition(".")[0]
+        for name, tensor in ours.items()
+        if name not in theirs
+        or theirs[name].shape != tensor.shape
+        or theirs[name].dtype != tensor.dtype
+        or not torch.equal(theirs[name], tensor)
     }
+    in_file = {t.name: t for t in source_file.reader.tensors}
+    layers, tensors = set(), {}
+    for layer in {name.rpartition(".")[0] for name in ours} - changed:
+        weights = hasattr(model.get_submodule(layer), "float_weight") or f"{layer}.weight" in ours
+        parts = ["weight"] * weights + ["bias"] * (f"{layer}.bias" in ours)
+        names = [n for part in parts for n in _gguf_names(f"{layer}.{part}", source_file.arch)]
+        if names and all(n in in_file for n in names):
+            layers.add(layer)
+            tensors.update((n, in_file[n]) for n in names)
+    return layers, tensors
+
+
+def _gguf_names(name: str, architecture: str) -> list[str]:
+    """The GGUF tensors our tensor `name` is written as (Llama's fused ones split)."""
+    if architecture == "llama":
+        for fused, parts in _SPLIT.items():
+            if fused in name:
+                return [rename(name.replace(fused, p), WRITE_RULES[architecture]) for p in parts]
+    found = rename(name, WRITE_RULES[architecture])
+    return [found] if found else []
+
+
+def _shape(tensor) -> tuple[int, ...]:
+    """A GGUF tensor's shape as PyTorch orders it (ggml lists the row length first)."""
+    return tuple(int(d) for d in reversed(tensor.shape))
 
 
 def _dequantised(tensor, shape: tuple[int, ...]) -> np.ndarray:

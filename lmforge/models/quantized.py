@@ -17,6 +17,8 @@ head's int8 weights multiply through the int4 kernel, see `Int8ViaInt4Linear`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -470,25 +472,28 @@ def count_weights(model: nn.Module) -> int:
     return params + sum(quantised.values())
 
 
-def float_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def float_state_dict(model: nn.Module, skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """The weights `model` computes with, in float32, under the names of its float version's
     state dict: quantised layers dequantised, LoRA updates added (any layer with a
-    `float_weight()`). What an exporter writes, whatever precision the model runs in."""
+    `float_weight()`). What an exporter writes, whatever precision the model runs in; the
+    layers named in `skip` ("blocks.0.attn.qkv") are left out."""
     out: dict[str, torch.Tensor] = {}
 
     def visit(module: nn.Module, prefix: str) -> None:
+        if prefix[:-1] in skip:
+            return
         if hasattr(module, "float_weight"):
             out[prefix + "weight"] = module.float_weight().detach()
             bias = getattr(module, "bias", None)
             if bias is not None:
                 out[prefix + "bias"] = bias.detach().float()
             return
-        skip = module._non_persistent_buffers_set
+        transient = module._non_persistent_buffers_set
         for name, tensor in [
             *module.named_parameters(recurse=False),
             *module.named_buffers(recurse=False),
         ]:
-            if tensor is not None and name not in skip:
+            if tensor is not None and name not in transient:
                 out[prefix + name] = tensor.detach().float()
         for name, child in module.named_children():
             visit(child, f"{prefix}{name}.")
