@@ -104,7 +104,7 @@ def export_gguf(
     # a tied head is not written)
     skip = layers | ({"lm_head"} if config.tie_embeddings else set())
     tensors = gguf_tensors(float_state_dict(model, skip), config, architecture)
-    if mode in ("int8", "int4") and tensors:
+    if mode in ("int8", "int4") and any(values.ndim == 2 for values in tensors.values()):
         notes.append(f"{mode} weights were dequantised and requantised into ggml blocks")
 
     import gguf
