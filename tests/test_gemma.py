@@ -238,3 +238,42 @@ def test_explain_traces_show_each_layers_window(gemma):
     seen = [int((weights[0, 0, -1] > 0).sum()) for weights in record.attentions]
     assert seen == [WINDOW, ids.shape[1], WINDOW]  # sliding, full, sliding
     assert torch.allclose(record.logits, lm.model(ids)[0], atol=1e-5)
+
+
+def test_the_server_batches_gemma_requests_as_generate_decodes_them(capped_gemma):
+    """Four concurrent completions through the OpenAI client, two past the window: the
+    continuous batcher's shared cache gives each what `generate` gives it alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serving import Server
+
+    _, lm, _ = capped_gemma
+    prompts = ["Hello", "The quick brown fox jumps over the lazy dog and then", "A", "One two"]
+    server = Server(lm)
+    try:
+        client = server.client()
+
+        def complete(prompt: str) -> str:
+            reply = client.completions.create(
+                model="smollm2-135m-instruct", prompt=prompt, max_tokens=12, temperature=0,
+                logit_bias={"50256": -100},
+            )  # fmt: skip
+            return reply.choices[0].text
+
+        with ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(complete, prompts))
+    finally:
+        server.stop()
+    alone = [lm.generate(p, max_new_tokens=12, logit_bias={50256: -100.0}).text for p in prompts]
+    assert texts == alone
+
+
+def test_perplexity_with_a_sliding_window_of_context(capped_gemma):
+    from lmforge.evaluation.perplexity import perplexity
+
+    _, lm, _ = capped_gemma
+    text = "The quick brown fox jumps over the lazy dog. " * 6
+    whole = perplexity(lm.model, lm.tokenizer, text)
+    strided = perplexity(lm.model, lm.tokenizer, text, context=32, stride=16)
+    assert whole.perplexity > 1 and strided.perplexity > 1
+    assert whole.tokens == strided.tokens
