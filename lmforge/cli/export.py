@@ -1,5 +1,5 @@
 """`lmforge export MODEL --out PATH`: a model as a GGUF file llama.cpp runs, or as a bundle
-(a Hugging Face directory for GPT-2 and Llama models)."""
+(a Hugging Face directory for GPT-2, Llama and Gemma 3 models)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def add_parsers(verbs) -> None:
         choices=("gguf", "hf"),
         default="gguf",
         help="gguf (default; GPT models of the llama and gpt2 families) or hf (a bundle "
-        "directory: any model; a Hugging Face checkpoint for GPT-2 and Llama)",
+        "directory: any model; a Hugging Face checkpoint for GPT-2, Llama and Gemma 3)",
     )
     export.add_argument(
         "--type",
