@@ -273,7 +273,11 @@ def test_perplexity_with_a_sliding_window_of_context(capped_gemma):
 
     _, lm, _ = capped_gemma
     text = "The quick brown fox jumps over the lazy dog. " * 6
+    ids = lm.tokenizer.encode(text)
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids]))[0][0]
+    expected = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
     whole = perplexity(lm.model, lm.tokenizer, text)
+    assert whole.tokens == len(ids) - 1 and abs(whole.loss - expected) < 1e-4
     strided = perplexity(lm.model, lm.tokenizer, text, context=32, stride=16)
-    assert whole.perplexity > 1 and strided.perplexity > 1
-    assert whole.tokens == strided.tokens
+    assert strided.tokens == whole.tokens and strided.loss != whole.loss  # less context each

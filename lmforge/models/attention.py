@@ -21,7 +21,30 @@ import torch.nn.functional as F
 SHORT_WINDOW = 128
 
 
-def attention_mask(
+def attention_mask(cache, start: int, seq: int, mask: torch.Tensor | None):
+    """Boolean (batch, 1, seq, keys) mask for `seq` new tokens written from slot `start` of
+    `cache` (a `KVCache` or None), with `mask` (batch, seq) False at padding; or None when plain
+    causal attention is exact."""
+    padded = (cache.has_padding if cache is not None else False) or (
+        mask is not None and not bool(mask.all())
+    )
+    if not padded and start == 0:
+        return None  # SDPA's is_causal
+    if not padded and seq == 1:
+        return None  # one new token sees every cached token
+    n_keys = start + seq
+    device = mask.device if mask is not None else cache.valid.device
+    query_slots = torch.arange(start, n_keys, device=device)[:, None]
+    key_slots = torch.arange(n_keys, device=device)[None, :]
+    causal = key_slots <= query_slots
+    valid = cache.valid[:, :n_keys] if cache is not None else mask
+    allowed = causal[None] & valid[:, None, :]
+    # A padding query would see no key at all (NaN rows); let it see itself.
+    allowed = allowed | (key_slots == query_slots)[None]
+    return allowed[:, None]
+
+
+def attention_masks(
     cache,
     start: int,
     seq: int,
@@ -29,30 +52,18 @@ def attention_mask(
     device: torch.device,
     window: int | None = None,
 ):
-    """Boolean (batch, 1, seq, keys) mask for `seq` new tokens written from slot `start` of
-    `cache` (a `KVCache` or None), with `mask` (batch, seq) False at padding, and each query
-    seeing only the last `window` keys when a window is given; or None when plain causal
-    attention is exact."""
-    padded = (cache.has_padding if cache is not None else False) or (
-        mask is not None and not bool(mask.all())
-    )
+    """`attention_mask`'s mask for full-attention layers, and for sliding-window ones the same
+    with each query seeing only the last `window` keys (the same mask while there are no more
+    keys than that; while compiling, where the number of keys is symbolic, always built)."""
+    full = attention_mask(cache, start, seq, mask)
     n_keys = start + seq
-    # (while compiling, the number of keys is symbolic: the window mask is always built)
-    windowed = window is not None and (n_keys > window or torch.compiler.is_compiling())
-    if not padded and not windowed and start == 0:
-        return None  # SDPA's is_causal
-    if not padded and not windowed and seq == 1:
-        return None  # one new token sees every cached token
+    if window is None or not (n_keys > window or torch.compiler.is_compiling()):
+        return full, full
     query_slots = torch.arange(start, n_keys, device=device)[:, None]
     key_slots = torch.arange(n_keys, device=device)[None, :]
-    causal = key_slots <= query_slots
-    if windowed:  # slots of one row are consecutive positions, so this is the token distance
-        causal = causal & (query_slots - key_slots < window)
-    valid = cache.valid[:, :n_keys] if cache is not None else mask
-    allowed = causal[None] if valid is None else causal[None] & valid[:, None, :]
-    # A padding query would see no key at all (NaN rows); let it see itself.
-    allowed = allowed | (key_slots == query_slots)[None]
-    return allowed[:, None]
+    # slots of one row are consecutive positions, so this is the distance between tokens
+    recent = (key_slots <= query_slots) & (query_slots - key_slots < window)
+    return full, recent[None, None] if full is None else full & recent
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:

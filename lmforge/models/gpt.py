@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import ConfigError
-from lmforge.models.attention import attend, attention_mask, eager_attention
+from lmforge.models.attention import attend, attention_masks, eager_attention
 from lmforge.models.gpt_config import GPTConfig
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.layers import MLP, make_norm
@@ -210,14 +210,8 @@ class GPT(nn.Module):
         consecutive = positions is None
         positions = self.positions_for(input_ids, start, positions)
         x, ropes = self.embed_tokens(input_ids, positions, start if consecutive else None)
-        full = attention_mask(cache, start, seq, mask, input_ids.device)
         window = self.config.sliding_window if self.config.layer_types else None
-        sliding = (
-            full
-            if window is None
-            else attention_mask(cache, start, seq, mask, input_ids.device, window)
-        )
-        masks = (full, sliding)
+        masks = attention_masks(cache, start, seq, mask, input_ids.device, window)
         for block in self.blocks:
             x = block(x, ropes, cache, start, masks, trace)
             if trace is not None:
